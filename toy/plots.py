@@ -1,0 +1,73 @@
+"""Figures of a toy run: samples per stage and step count, trajectories, straightness."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _limits(ax, target):
+    lo, hi = target.min(0), target.max(0)
+    pad = 0.25 * (hi - lo)
+    ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+    ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_samples(res, path=None):
+    """Rows: stages; columns: Euler steps. Grey: target samples; colour: the model's samples."""
+    stages, steps = list(res.metrics["stages"]), list(res.config.steps)
+    target = res.samples["target"]
+    fig, axes = plt.subplots(len(stages), len(steps), figsize=(2.6 * len(steps), 2.6 * len(stages)),
+                             squeeze=False)
+    for r, stage in enumerate(stages):
+        for c, n in enumerate(steps):
+            ax = axes[r, c]
+            key = f"{stage}_{n}"
+            if key not in res.samples:
+                ax.axis("off")
+                continue
+            ax.scatter(target[:, 0], target[:, 1], s=2, c="0.8", rasterized=True)
+            x = res.samples[key]
+            ax.scatter(x[:, 0], x[:, 1], s=2, c=f"C{r}", rasterized=True)
+            ax.set_title(f"{stage}, {n} step{'s' * (n > 1)}\nW2 = {res.metrics['stages'][stage]['w2'][str(n)]:.2f}",
+                         fontsize=9)
+            _limits(ax, target)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_trajectories(res, path=None):
+    """The Euler paths of 300 points for each flow: 1-RF bends them, reflow straightens them."""
+    stages = list(res.trajectories)
+    fig, axes = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 3.6), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        traj = res.trajectories[stage]                        # [steps + 1, m, 2]
+        ax.plot(traj[:, :, 0], traj[:, :, 1], c="C7", lw=0.4, alpha=0.5)
+        ax.scatter(traj[0, :, 0], traj[0, :, 1], s=3, c="C0", label="Z_0 ~ pi_0", zorder=3)
+        ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=3, c="C3", label="Z_1", zorder=3)
+        ax.set_title(f"{stage}: S = {res.metrics['stages'][stage]['straightness']:.3g}", fontsize=10)
+        _limits(ax, traj.reshape(-1, 2))
+    axes[0, 0].legend(loc="lower left", fontsize=7, markerscale=3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_straightness(res, path=None):
+    stages = list(res.trajectories)
+    vals = [res.metrics["stages"][s]["straightness"] for s in stages]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(stages), 3))
+    ax.bar(stages, vals, color=[f"C{i}" for i in range(len(stages))])
+    ax.set_yscale("log")
+    ax.set_ylabel("straightness S(Z) (log)")
+    ax.set_title("reflow straightens the flow", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path):
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
