@@ -1,6 +1,6 @@
 """How straight is a flow, and how close are its samples to the target?
 
-straightness  S(Z) = int_0^1 E[ || (Z_1 - Z_0) - dZ_t/dt ||^2 ] dt   (Sec. 2.2 of the paper;
+straightness  S(Z) = int_0^1 E[ || (Z_1 - Z_0) - dZ_t/dt ||^2 ] dt   (the paper's straightness;
               S(Z) = 0 exactly when every trajectory is a straight line run at constant speed).
 w2            the 2-Wasserstein distance between two equal-size sample sets, computed EXACTLY as
               an optimal assignment (a permutation), in numpy:

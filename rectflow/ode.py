@@ -57,5 +57,5 @@ def solve(v, z0, steps, method="euler", cond=None, return_trajectory=False):
 
 
 def euler(v, z0, steps, cond=None, return_trajectory=False):
-    """N-step Euler sampling,  Z_{(i+1)/N} = Z_{i/N} + (1/N) v(Z_{i/N}, i/N)  (Sec. 2.1)."""
+    """N-step Euler sampling,  Z_{(i+1)/N} = Z_{i/N} + (1/N) v(Z_{i/N}, i/N)  (Sec. 2)."""
     return solve(v, z0, steps, "euler", cond, return_trajectory)

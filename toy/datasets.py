@@ -21,6 +21,8 @@ import torch
 
 D, VAR = 10.0, 0.3
 S3 = math.sqrt(3) / 2
+PAPER_MEANS0 = [(-D * S3, D / 2), (D * S3, D / 2), (0.0, -D * S3)]   # pi_0 of the paper's tutorial
+PAPER_MEANS1 = [(-D * S3, -D / 2), (D * S3, -D / 2), (0.0, D * S3)]  # pi_1: pi_0 mirrored
 EPS = 1e-7
 
 
@@ -97,9 +99,7 @@ class Dataset:
 
 
 DATASETS = {
-    "paper": Dataset("paper",
-                     gaussian_mixture([(-D * S3, D / 2), (D * S3, D / 2), (0.0, -D * S3)], VAR),
-                     gaussian_mixture([(-D * S3, -D / 2), (D * S3, -D / 2), (0.0, D * S3)], VAR)),
+    "paper": Dataset("paper", gaussian_mixture(PAPER_MEANS0, VAR), gaussian_mixture(PAPER_MEANS1, VAR)),
     "moons": Dataset("moons", standard_normal, moons),
     "8gaussians": Dataset("8gaussians", standard_normal, eight_gaussians),
     "checkerboard": Dataset("checkerboard", standard_normal, checkerboard),
