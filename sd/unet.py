@@ -1,0 +1,163 @@
+"""The SD 1.x UNet (diffusers' UNet2DConditionModel, same parameter names), from its config.json.
+
+unet(latents [B, 4, h, w], timesteps [B] float, context [B, 77, 768]) -> [B, 4, h, w]
+
+    conv_in -> down blocks (resnets [+ cross-attention transformers], stride-2 conv) -> mid block
+    (resnet, transformer, resnet) -> up blocks (concat the matching skip, resnets [+ transformers],
+    nearest x2 + conv) -> GroupNorm, SiLU, conv_out.
+Every resnet receives the timestep embedding; every transformer attends to the text context.
+"""
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .layers import Attention, Downsample, ResnetBlock, Upsample, timestep_embedding
+
+SD15_UNET = dict(
+    in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    attention_head_dim=8, cross_attention_dim=768, norm_num_groups=32, norm_eps=1e-5,
+    use_linear_projection=False, sample_size=64,
+)
+
+
+class FeedForward(nn.Module):
+    """GEGLU MLP: (h, gate) = W1 x;  W2 (h * gelu(gate)), inner width 4 dim."""
+
+    def __init__(self, dim):
+        super().__init__()
+        inner = 4 * dim
+        self.net = nn.ModuleList([nn.Module(), nn.Identity(), nn.Linear(inner, dim)])
+        self.net[0].proj = nn.Linear(dim, 2 * inner)
+
+    def forward(self, x):
+        h, gate = self.net[0].proj(x).chunk(2, dim=-1)
+        return self.net[2](h * F.gelu(gate))
+
+
+class TransformerBlock(nn.Module):
+    """x += SelfAttn(LN x);  x += CrossAttn(LN x, context);  x += FF(LN x)."""
+
+    def __init__(self, dim, heads, context_dim, eps):
+        super().__init__()
+        self.norm1, self.attn1 = nn.LayerNorm(dim, eps), Attention(dim, heads)
+        self.norm2, self.attn2 = nn.LayerNorm(dim, eps), Attention(dim, heads, context_dim)
+        self.norm3, self.ff = nn.LayerNorm(dim, eps), FeedForward(dim)
+
+    def forward(self, x, context):
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """GroupNorm, project in, flatten the image to a sequence, transformer blocks, back, skip."""
+
+    def __init__(self, ch, heads, context_dim, groups, eps, linear):
+        super().__init__()
+        self.linear = linear
+        self.norm = nn.GroupNorm(groups, ch, eps=1e-6)
+        self.proj_in = nn.Linear(ch, ch) if linear else nn.Conv2d(ch, ch, 1)
+        self.transformer_blocks = nn.ModuleList([TransformerBlock(ch, heads, context_dim, eps)])
+        self.proj_out = nn.Linear(ch, ch) if linear else nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x, context):
+        h, w = x.shape[-2:]
+        y = self.norm(x)
+        if not self.linear:
+            y = self.proj_in(y)
+        y = rearrange(y, "b c h w -> b (h w) c")
+        if self.linear:
+            y = self.proj_in(y)
+        for block in self.transformer_blocks:
+            y = block(y, context)
+        if self.linear:
+            y = self.proj_out(y)
+        y = rearrange(y, "b (h w) c -> b c h w", h=h, w=w)
+        if not self.linear:
+            y = self.proj_out(y)
+        return x + y
+
+
+class Block(nn.Module):
+    """One resolution level: resnets, optional transformers after each, optional resampler."""
+
+    def __init__(self, resnets, attentions=None, downsample=None, upsample=None):
+        super().__init__()
+        self.resnets = nn.ModuleList(resnets)
+        if attentions:
+            self.attentions = nn.ModuleList(attentions)
+        if downsample is not None:
+            self.downsamplers = nn.ModuleList([downsample])
+        if upsample is not None:
+            self.upsamplers = nn.ModuleList([upsample])
+
+
+class UNet(nn.Module):
+    def __init__(self, config=None):
+        super().__init__()
+        c = {**SD15_UNET, **(config or {})}
+        self.config = c
+        boc, n, groups, eps = list(c["block_out_channels"]), c["layers_per_block"], c["norm_num_groups"], c["norm_eps"]
+        heads = c["attention_head_dim"]   # in SD 1.x configs this field holds the number of heads
+        heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(boc)
+        ctx, lin, temb = c["cross_attention_dim"], c["use_linear_projection"], 4 * boc[0]
+
+        def res(cin, cout):
+            return ResnetBlock(cin, cout, temb, groups, eps)
+
+        def attn(ch, i):
+            return SpatialTransformer(ch, heads[i], ctx, groups, eps, lin)
+
+        self.conv_in = nn.Conv2d(c["in_channels"], boc[0], 3, padding=1)
+        self.time_embedding = nn.Module()
+        self.time_embedding.linear_1 = nn.Linear(boc[0], temb)
+        self.time_embedding.linear_2 = nn.Linear(temb, temb)
+        self.down_blocks, ch = nn.ModuleList(), boc[0]
+        for i, kind in enumerate(c["down_block_types"]):
+            out, last = boc[i], i == len(boc) - 1
+            cross = kind.startswith("CrossAttn")
+            self.down_blocks.append(Block([res(ch if j == 0 else out, out) for j in range(n)],
+                                          [attn(out, i) for _ in range(n)] if cross else None,
+                                          downsample=None if last else Downsample(out)))
+            ch = out
+        self.mid_block = Block([res(ch, ch), res(ch, ch)], [attn(ch, -1)])
+        self.up_blocks, rev, rheads = nn.ModuleList(), boc[::-1], heads[::-1]
+        for i, kind in enumerate(c["up_block_types"]):
+            prev, out, skip_in = ch, rev[i], rev[min(i + 1, len(boc) - 1)]
+            cross, last = kind.startswith("CrossAttn"), i == len(boc) - 1
+            resnets = [res((prev if j == 0 else out) + (skip_in if j == n else out), out) for j in range(n + 1)]
+            attns = [SpatialTransformer(out, rheads[i], ctx, groups, eps, lin) for _ in range(n + 1)] if cross else None
+            self.up_blocks.append(Block(resnets, attns, upsample=None if last else Upsample(out)))
+            ch = out
+        self.conv_norm_out = nn.GroupNorm(groups, boc[0], eps)
+        self.conv_out = nn.Conv2d(boc[0], c["out_channels"], 3, padding=1)
+
+    def forward(self, x, timesteps, context):
+        timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1).expand(x.shape[0])
+        t = timestep_embedding(timesteps, self.config["block_out_channels"][0]).to(x.dtype)
+        temb = self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(t)))
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down_blocks:
+            for j, resnet in enumerate(block.resnets):
+                h = resnet(h, temb)
+                if hasattr(block, "attentions"):
+                    h = block.attentions[j](h, context)
+                skips.append(h)
+            if hasattr(block, "downsamplers"):
+                h = block.downsamplers[0](h)
+                skips.append(h)
+        h = self.mid_block.resnets[0](h, temb)
+        h = self.mid_block.attentions[0](h, context)
+        h = self.mid_block.resnets[1](h, temb)
+        for block in self.up_blocks:
+            for j, resnet in enumerate(block.resnets):
+                h = resnet(torch.cat([h, skips.pop()], dim=1), temb)
+                if hasattr(block, "attentions"):
+                    h = block.attentions[j](h, context)
+            if hasattr(block, "upsamplers"):
+                h = block.upsamplers[0](h)
+        return self.conv_out(F.silu(self.conv_norm_out(h)))

@@ -1,0 +1,248 @@
+"""Parity of our UNet, VAE and text encoder with diffusers / transformers (tiny configs, random
+weights), loaded from folders those libraries saved and from single-file LDM checkpoints."""
+import re
+
+import pytest
+import torch
+
+from sd import CheckpointError, load_text_encoder, load_unet, load_vae, save_unet
+from sd.safetensors_io import load_file, save_file
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+from diffusers.loaders import single_file_utils as sfu  # noqa: E402
+
+TOL = 1e-4
+UNET_CFG = dict(block_out_channels=[32, 64], layers_per_block=2, down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=4, cross_attention_dim=32,
+                norm_num_groups=8, sample_size=16)
+UNET3_CFG = dict(block_out_channels=[32, 32, 64], layers_per_block=1,
+                 down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=2,
+                 cross_attention_dim=24, norm_num_groups=8, sample_size=16)
+VAE_CFG = dict(block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8, latent_channels=4,
+               down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+
+
+def randomize(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def ref_unet(cfg=UNET_CFG):
+    return randomize(diffusers.UNet2DConditionModel(**cfg))
+
+
+def ref_vae():
+    return randomize(diffusers.AutoencoderKL(**VAE_CFG), 1)
+
+
+def ref_text():
+    cfg = transformers.CLIPTextConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+                                      bos_token_id=998, eos_token_id=999, pad_token_id=999)
+    return randomize(transformers.CLIPTextModel(cfg), 2)
+
+
+def unet_inputs(cfg=UNET_CFG, b=2):
+    g = torch.Generator().manual_seed(5)
+    return (torch.randn(b, 4, 16, 16, generator=g), torch.tensor([999.0, 3.5])[:b],
+            torch.randn(b, 7, cfg["cross_attention_dim"], generator=g))
+
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("cfg", [UNET_CFG, UNET3_CFG], ids=["2-level", "3-level"])
+def test_unet_from_a_diffusers_folder(tmp_path, cfg):
+    ref = ref_unet(cfg)
+    ref.save_pretrained(tmp_path / "model" / "unet")
+    ours = load_unet(tmp_path / "model")
+    x, t, c = unet_inputs(cfg)
+    with torch.no_grad():
+        assert max_diff(ours(x, t, c), ref(x, t, c).sample) <= TOL
+
+
+def test_unet_fp16_variant_and_legacy_bin(tmp_path):
+    ref = ref_unet()
+    ref.half().save_pretrained(tmp_path / "fp16", variant="fp16")
+    ours = load_unet(tmp_path / "fp16", dtype=torch.float32)
+    assert ours.conv_in.weight.dtype == torch.float32
+    ref.float().save_pretrained(tmp_path / "bin", safe_serialization=False)
+    ours_bin = load_unet(tmp_path / "bin")
+    x, t, c = unet_inputs()
+    with torch.no_grad():
+        r = ref(x, t, c).sample        # the weights were fp16-rounded by .half() above
+        assert max_diff(ours(x, t, c), r) <= TOL and max_diff(ours_bin(x, t, c), r) <= TOL
+    assert load_unet(tmp_path / "fp16").conv_in.weight.dtype == torch.float16   # dtype=None: as stored
+
+
+def test_vae_and_text_encoder_from_folders(tmp_path):
+    vae, text = ref_vae(), ref_text()
+    vae.save_pretrained(tmp_path / "m" / "vae")
+    text.save_pretrained(tmp_path / "m" / "text_encoder")
+    ours_vae, ours_text = load_vae(tmp_path / "m"), load_text_encoder(tmp_path / "m")
+    img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 1000, (3, 77), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert max_diff(ours_vae.encode(img), vae.encode(img).latent_dist.mean) <= TOL
+        assert max_diff(ours_vae.decode(z), vae.decode(z).sample) <= TOL
+        assert max_diff(ours_text(ids), text(ids).last_hidden_state) <= TOL
+    assert ours_vae.scaling_factor == vae.config.scaling_factor
+
+
+def test_text_encoder_keys_with_the_old_text_model_prefix(tmp_path):
+    text = ref_text()
+    text.save_pretrained(tmp_path / "te")
+    f = tmp_path / "te" / "model.safetensors"
+    sd = load_file(f)
+    sd = {"text_model." + k: v.clone() for k, v in sd.items()}
+    sd["text_model.embeddings.position_ids"] = torch.arange(77)[None]      # as transformers 4.x saved it
+    save_file(sd, f)
+    ids = torch.randint(0, 1000, (2, 77), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert max_diff(load_text_encoder(tmp_path / "te")(ids), text(ids).last_hidden_state) <= TOL
+
+
+def test_save_unet_is_loaded_by_diffusers(tmp_path):
+    ref = ref_unet()
+    ref.save_pretrained(tmp_path / "a" / "unet")
+    ours = load_unet(tmp_path / "a")
+    save_unet(ours, tmp_path / "b")
+    back = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "b" / "unet").eval()
+    x, t, c = unet_inputs()
+    with torch.no_grad():
+        assert max_diff(back(x, t, c).sample, ours(x, t, c)) == 0.0
+
+
+# ---- single-file LDM checkpoints -------------------------------------------------------------------------
+
+_RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
+        "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+
+
+def to_ldm_unet(sd, cfg):
+    """diffusers names -> CompVis names, written out independently of sd/loaders.py; diffusers'
+    own converter checks that these are the real LDM names (test below)."""
+    n, out = cfg["layers_per_block"], {}
+    cross = [t.startswith("CrossAttn") for t in cfg["up_block_types"]]
+    for k, v in sd.items():
+        res = lambda r: _RES[r.split(".")[0]] + r[len(r.split(".")[0]):]  # noqa: E731
+        if m := re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", k):
+            k = f"input_blocks.{1 + int(m[1]) * (n + 1) + int(m[2])}.0.{res(m[3])}"
+        elif m := re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", k):
+            k = f"input_blocks.{1 + int(m[1]) * (n + 1) + int(m[2])}.1.{m[3]}"
+        elif m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", k):
+            k = f"input_blocks.{1 + int(m[1]) * (n + 1) + n}.0.op.{m[2]}"
+        elif m := re.match(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", k):
+            k = f"output_blocks.{int(m[1]) * (n + 1) + int(m[2])}.0.{res(m[3])}"
+        elif m := re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", k):
+            k = f"output_blocks.{int(m[1]) * (n + 1) + int(m[2])}.1.{m[3]}"
+        elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", k):
+            k = f"output_blocks.{int(m[1]) * (n + 1) + n}.{2 if cross[int(m[1])] else 1}.conv.{m[2]}"
+        elif m := re.match(r"mid_block\.resnets\.(\d)\.(.*)", k):
+            k = f"middle_block.{2 * int(m[1])}.{res(m[2])}"
+        elif k.startswith("mid_block.attentions.0."):
+            k = "middle_block.1." + k[len("mid_block.attentions.0."):]
+        else:
+            k = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+                 "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}[
+                k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]
+        out["model.diffusion_model." + k] = v
+    return out
+
+
+def to_ldm_vae(sd, levels):
+    out, attn = {}, {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    for k, v in sd.items():
+        k = k.replace("conv_shortcut", "nin_shortcut")
+        k = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", k)
+        k = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", k)
+        k = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.", k)
+        k = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample.", k)
+        k = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", k)
+        if m := re.match(r"(.*)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.*)", k):
+            k = f"{m[1]}.mid.attn_1.{attn[m[2]]}.{m[3]}"
+            v = v[:, :, None, None] if v.ndim == 2 else v
+        k = k.replace("conv_norm_out", "norm_out")
+        out["first_stage_model." + k] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_file(tmp_path_factory):
+    unet, vae, text = ref_unet(), ref_vae(), ref_text()
+    ckpt = {**to_ldm_unet(unet.state_dict(), dict(unet.config)), **to_ldm_vae(vae.state_dict(), 2),
+            **{"cond_stage_model.transformer.text_model." + k: v for k, v in text.state_dict().items()}}
+    path = tmp_path_factory.mktemp("single") / "sd15-tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in ckpt.items()}, path)
+    return path, ckpt, unet, vae, text
+
+
+def test_our_ldm_names_are_the_real_ones(single_file):
+    _, ckpt, unet, vae, _ = single_file
+    conv = sfu.convert_ldm_unet_checkpoint(dict(ckpt), dict(unet.config))
+    assert set(conv) == set(unet.state_dict())
+    assert all(torch.equal(conv[k], v) for k, v in unet.state_dict().items())
+    conv_vae = sfu.convert_ldm_vae_checkpoint(dict(ckpt), dict(vae.config))
+    assert set(conv_vae) == set(vae.state_dict())
+    assert all(torch.equal(conv_vae[k].reshape(v.shape), v) for k, v in vae.state_dict().items())
+
+
+def test_models_from_a_single_file(single_file):
+    path, _, unet, vae, text = single_file
+    # heads and GroupNorm groups are not visible in the weights: single files assume SD 1.x's
+    # values (8 UNet heads, 12 text heads, 32 groups) unless told otherwise, as this tiny model must be
+    ours_unet = load_unet(path, config={"attention_head_dim": 4, "norm_num_groups": 8})
+    ours_vae = load_vae(path, config={"norm_num_groups": 8})
+    ours_text = load_text_encoder(path, config={"num_attention_heads": 4})
+    x, t, c = unet_inputs()
+    img = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ids = torch.randint(0, 1000, (2, 77), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert max_diff(ours_unet(x, t, c), unet(x, t, c).sample) <= TOL
+        assert max_diff(ours_vae.encode(img), vae.encode(img).latent_dist.mean) <= TOL
+        assert max_diff(ours_vae.decode(x[:1]), vae.decode(x[:1]).sample) <= TOL
+        assert max_diff(ours_text(ids), text(ids).last_hidden_state) <= TOL
+
+
+# ---- errors ------------------------------------------------------------------------------------------------
+
+def test_strict_key_checking_lists_every_problem(tmp_path):
+    ref = ref_unet()
+    ref.save_pretrained(tmp_path / "u")
+    f = tmp_path / "u" / "diffusion_pytorch_model.safetensors"
+    sd = {k: v.clone() for k, v in load_file(f).items()}
+    del sd["conv_in.bias"]
+    sd["extra.weight"] = torch.zeros(1)
+    sd["conv_out.weight"] = torch.zeros(4, 32, 1, 1)
+    save_file(sd, f)
+    with pytest.raises(CheckpointError) as err:
+        load_unet(tmp_path / "u")
+    msg = str(err.value)
+    assert "missing (1): conv_in.bias" in msg and "unexpected (1): extra.weight" in msg
+    assert "conv_out.weight: checkpoint (4, 32, 1, 1) vs model (4, 32, 3, 3)" in msg and str(tmp_path / "u") in msg
+
+
+def test_bad_paths_and_files(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file or folder"):
+        load_unet(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="neither a model folder"):
+        load_vae(tmp_path / "empty")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="no weights file diffusion_pytorch_model.safetensors"):
+        load_unet(tmp_path / "cfg")
+    save_file({"foo.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="no keys under 'model.diffusion_model.'"):
+        load_unet(tmp_path / "other.safetensors")
+    import pickle
+    (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": {"x": object()}}))
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_unet(tmp_path / "evil.ckpt")
