@@ -1,0 +1,100 @@
+"""Load time and peak memory of a full-size SD 1.5 UNet (random weights, real layout, fp16
+safetensors) with sd.load_unet against safetensors.torch.load_file and diffusers' from_pretrained.
+
+    python bench/load_unet.py [--dir /tmp/rectflow-bench]      (needs requirements-dev.txt)
+
+Each loader runs in a fresh process with the file in the page cache; "peak RSS added" is the
+process's peak resident memory (VmHWM) minus its resident memory after imports. Like for like: a
+dict of tensors (sd.load_file vs safetensors.torch.load_file) and a model (sd.load_unet vs diffusers).
+Memory-mapped loaders read nothing until a tensor is used, so each is also measured after reading
+every weight once ("+ read all"), which is what the first forward pass does.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["sd.load_file", "safetensors.torch.load_file", "sd.load_unet", "diffusers from_pretrained"]
+
+
+def status_mb(field):
+    """VmRSS (now) or VmHWM (peak of this process image; unlike ru_maxrss it does not inherit the
+    parent's peak across fork/exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def worker(method, folder, read_all):
+    import diffusers
+    import safetensors.torch
+    import torch
+    sys.path.insert(0, str(ROOT))
+    import sd
+    f = folder / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    loaders = {"sd.load_file": lambda: sd.load_file(f),
+               "safetensors.torch.load_file": lambda: safetensors.torch.load_file(f),
+               "sd.load_unet": lambda: sd.load_unet(folder, variant="fp16"),
+               "diffusers from_pretrained": lambda: diffusers.UNet2DConditionModel.from_pretrained(
+                   folder, subfolder="unet", variant="fp16", torch_dtype=torch.float16)}
+    base = status_mb("VmRSS")
+    t0 = time.perf_counter()
+    out = loaders[method]()
+    if read_all:
+        tensors = out.values() if isinstance(out, dict) else out.parameters()
+        total = sum(float(t.float().sum()) for t in tensors)  # noqa: F841 - touch every weight
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "peak_added_mb": status_mb("VmHWM") - base}))
+
+
+def make_checkpoint(folder):
+    f = folder / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    if f.exists():
+        return f
+    import diffusers
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from sd.unet import SD15_UNET
+    print("creating a full-size SD 1.5 UNet with random weights (fp16) ...", flush=True)
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(**{k: v for k, v in SD15_UNET.items()}).half()
+    unet.save_pretrained(folder / "unet", variant="fp16")
+    return f
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", type=Path, default=Path("/tmp/rectflow-bench"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--read-all", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args.worker, args.dir, args.read_all)
+    f = make_checkpoint(args.dir)
+    size_mb = f.stat().st_size / 2 ** 20
+    f.read_bytes()   # warm the page cache for everyone
+    rows = {}
+    for read_all in (False, True):
+        for method in METHODS:
+            cmd = [sys.executable, __file__, "--dir", str(args.dir), "--worker", method] + ["--read-all"] * read_all
+            runs = [json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+                    for _ in range(args.repeats)]
+            rows[method + " + read all" * read_all] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    refs = {"sd.load_file": "safetensors.torch.load_file", "sd.load_unet": "diffusers from_pretrained"}
+    print(f"\nfull-size SD 1.5 UNet, fp16 safetensors: {size_mb:.0f} MiB; median of {args.repeats} runs each\n")
+    print("| loader | seconds | peak RSS added (MiB) | RSS / file size | time / reference's |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, r in rows.items():
+        base, suffix = (name.split(" + ") + [""])[:2]
+        ref = rows.get(refs.get(base, "") + (" + " + suffix if suffix else ""))
+        ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "(reference)"
+        print(f"| {name} | {r['seconds']:.2f} | {r['peak_added_mb']:.0f} | {r['peak_added_mb'] / size_mb:.2f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
