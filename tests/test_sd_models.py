@@ -129,32 +129,27 @@ _RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_la
 def to_ldm_unet(sd, cfg):
     """diffusers names -> CompVis names, written out independently of sd/loaders.py; diffusers'
     own converter checks that these are the real LDM names (test below)."""
-    n, out = cfg["layers_per_block"], {}
+    n = cfg["layers_per_block"]
     cross = [t.startswith("CrossAttn") for t in cfg["up_block_types"]]
-    for k, v in sd.items():
-        res = lambda r: _RES[r.split(".")[0]] + r[len(r.split(".")[0]):]  # noqa: E731
-        if m := re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", k):
-            k = f"input_blocks.{1 + int(m[1]) * (n + 1) + int(m[2])}.0.{res(m[3])}"
-        elif m := re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", k):
-            k = f"input_blocks.{1 + int(m[1]) * (n + 1) + int(m[2])}.1.{m[3]}"
-        elif m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", k):
-            k = f"input_blocks.{1 + int(m[1]) * (n + 1) + n}.0.op.{m[2]}"
-        elif m := re.match(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", k):
-            k = f"output_blocks.{int(m[1]) * (n + 1) + int(m[2])}.0.{res(m[3])}"
-        elif m := re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", k):
-            k = f"output_blocks.{int(m[1]) * (n + 1) + int(m[2])}.1.{m[3]}"
-        elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", k):
-            k = f"output_blocks.{int(m[1]) * (n + 1) + n}.{2 if cross[int(m[1])] else 1}.conv.{m[2]}"
-        elif m := re.match(r"mid_block\.resnets\.(\d)\.(.*)", k):
-            k = f"middle_block.{2 * int(m[1])}.{res(m[2])}"
-        elif k.startswith("mid_block.attentions.0."):
-            k = "middle_block.1." + k[len("mid_block.attentions.0."):]
-        else:
-            k = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-                 "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}[
-                k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]
-        out["model.diffusion_model." + k] = v
-    return out
+    inp = lambda level, j: 1 + int(level) * (n + 1) + int(j)  # noqa: E731 - input_blocks index
+    outp = lambda level, j: int(level) * (n + 1) + int(j)  # noqa: E731 - output_blocks index
+    res = lambda r: _RES[r.split(".")[0]] + r[len(r.split(".")[0]):]  # noqa: E731
+    top = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+           "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    rules = [
+        (r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", lambda m: f"input_blocks.{inp(m[1], m[2])}.0.{res(m[3])}"),
+        (r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", lambda m: f"input_blocks.{inp(m[1], m[2])}.1.{m[3]}"),
+        (r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", lambda m: f"input_blocks.{inp(m[1], n)}.0.op.{m[2]}"),
+        (r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", lambda m: f"output_blocks.{outp(m[1], m[2])}.0.{res(m[3])}"),
+        (r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", lambda m: f"output_blocks.{outp(m[1], m[2])}.1.{m[3]}"),
+        (r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)",
+         lambda m: f"output_blocks.{outp(m[1], n)}.{2 if cross[int(m[1])] else 1}.conv.{m[2]}"),
+        (r"mid_block\.resnets\.(\d)\.(.*)", lambda m: f"middle_block.{2 * int(m[1])}.{res(m[2])}"),
+        (r"mid_block\.attentions\.0\.(.*)", lambda m: f"middle_block.1.{m[1]}"),
+        (r"(.*)\.(weight|bias)", lambda m: f"{top[m[1]]}.{m[2]}"),
+    ]
+    return {"model.diffusion_model." + next(fn(m) for pat, fn in rules if (m := re.fullmatch(pat, k))): v
+            for k, v in sd.items()}
 
 
 def to_ldm_vae(sd, levels):
@@ -192,6 +187,9 @@ def test_our_ldm_names_are_the_real_ones(single_file):
     conv_vae = sfu.convert_ldm_vae_checkpoint(dict(ckpt), dict(vae.config))
     assert set(conv_vae) == set(vae.state_dict())
     assert all(torch.equal(conv_vae[k].reshape(v.shape), v) for k, v in vae.state_dict().items())
+    conv_text = sfu.convert_ldm_clip_checkpoint(dict(ckpt))
+    text = single_file[4]
+    assert {k.removeprefix("text_model.") for k in conv_text} - {"embeddings.position_ids"} == set(text.state_dict())
 
 
 def test_models_from_a_single_file(single_file):
