@@ -1,0 +1,144 @@
+"""InstaFlow's text-to-image sampler: a rectified flow in SD 1.5's latent space, Euler steps.
+
+    latents X_0 = seeded noise (torch.randn on a CPU generator, float32, then moved; same seed,
+                  same image as the reference pipelines)
+    for i in 0..N-1:   t_i = i / N;  the UNet sees the timestep (1 - t_i) * 1000 (noise at 1000)
+                       v = v_neg + w (v_text - v_neg)   (when w > 1)
+                       X <- X + (1/N) v
+    image = VAE.decode(X / scaling_factor), mapped from [-1, 1] to uint8.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .euler import fused_step
+from .loaders import CheckpointError, load_text_encoder, load_unet, load_vae
+from .tokenizer import load_tokenizer
+
+
+class PipelineError(ValueError):
+    """Bad arguments to the pipeline (sizes, steps, prompt counts)."""
+
+
+def noise(shape, seed):
+    """The project's seed convention: float32 normal noise from a seeded CPU generator."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+
+
+def slerp(a, b, alpha):
+    """Spherical interpolation between two noises (keeps their Gaussian norm):
+    sin((1 - a) theta) / sin(theta) a + sin(a theta) / sin(theta) b,  cos(theta) = <a, b> / |a||b|."""
+    af, bf = a.flatten().double(), b.flatten().double()
+    theta = torch.arccos((af @ bf / (af.norm() * bf.norm())).clamp(-1, 1))
+    if theta.abs() < 1e-6:
+        return (1 - alpha) * a + alpha * b
+    s = math.sin(theta)
+    return (math.sin((1 - alpha) * theta) / s * a.double() + math.sin(alpha * theta) / s * b.double()).to(a.dtype)
+
+
+def to_uint8(images):
+    """[B, 3, H, W] in about [-1, 1] -> uint8 [B, H, W, 3]."""
+    x = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class Output:
+    images: np.ndarray                      # uint8 [B, H, W, 3]
+    latents: torch.Tensor = None            # final latents, when asked for
+    seconds: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, unet, vae, text_encoder, tokenizer):
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.vae_factor = 2 ** (len(vae.config["block_out_channels"]) - 1)   # 8 for SD: 512 px <-> 64 latents
+
+    def latent_shape(self, n, height, width):
+        return (n, self.unet.config["in_channels"], height // self.vae_factor, width // self.vae_factor)
+
+    @property
+    def device(self):
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.unet.parameters()).dtype
+
+    def encode_prompts(self, prompts):
+        ids = self.tokenizer(prompts).to(self.device)
+        return self.text_encoder(ids).to(self.dtype)
+
+    @torch.no_grad()
+    def __call__(self, prompt, negative_prompt=None, steps=1, guidance=1.0, seed=0, height=512, width=512,
+                 batch=1, latents=None, return_latents=False, compile=False, progress=True):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise PipelineError("no prompt given")
+        negatives = [""] * len(prompts) if negative_prompt is None else (
+            [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt))
+        if len(negatives) != len(prompts):
+            raise PipelineError(f"{len(prompts)} prompt(s) but {len(negatives)} negative prompt(s): give one per prompt")
+        for name, val in (("height", height), ("width", width)):
+            if isinstance(val, bool) or not isinstance(val, int) or val <= 0 or val % 8:
+                raise PipelineError(f"{name} must be a positive multiple of 8, got {val!r}")
+        for name, val in (("steps", steps), ("batch", batch)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise PipelineError(f"{name} must be a positive integer, got {val!r}")
+        prompts, negatives = [p for p in prompts for _ in range(batch)], [n for n in negatives for _ in range(batch)]
+        cfg, dev, secs = guidance > 1.0, self.device, {}
+
+        def sync():
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        t0 = time.perf_counter()
+        context = self.encode_prompts(prompts)
+        if cfg:                                                 # negatives first, as the reference
+            context = torch.cat([self.encode_prompts(negatives), context])
+        sync()
+        secs["text_encoder"] = time.perf_counter() - t0
+        shape = self.latent_shape(len(prompts), height, width)
+        if latents is None:
+            latents = noise(shape, seed)
+        elif tuple(latents.shape) != shape:
+            raise PipelineError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        latents = latents.to(dev).to(self.dtype)
+        step, dt = fused_step(compile), 1.0 / steps
+        secs["steps"] = []
+        for i in tqdm(range(steps), desc="euler", disable=not progress, leave=False):
+            t0 = time.perf_counter()
+            t = torch.full((latents.shape[0] * (2 if cfg else 1),), (1.0 - i / steps) * 1000.0, device=dev)
+            v = self.unet(torch.cat([latents] * 2) if cfg else latents, t, context)
+            latents = step(latents, v, float(guidance), dt, cfg)
+            sync()
+            secs["steps"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        images = self.vae.decode(latents.to(next(self.vae.parameters()).dtype) / self.vae.scaling_factor)
+        sync()
+        secs["vae"] = time.perf_counter() - t0
+        return Output(to_uint8(images), latents if return_latents else None, secs)
+
+    def interpolate(self, prompt, seed_a, seed_b, frames=8, **kw):
+        """Images along the slerp between two seeds' noises, one call (InstaFlow: one step) per frame."""
+        height, width = kw.pop("height", 512), kw.pop("width", 512)
+        a, b = noise(self.latent_shape(1, height, width), seed_a), noise(self.latent_shape(1, height, width), seed_b)
+        return np.concatenate([self(prompt, latents=slerp(a, b, k / max(frames - 1, 1)), height=height, width=width,
+                                    **kw).images for k in range(frames)])
+
+
+def load_pipeline(path, dtype=None, device="cpu", variant=None):
+    """A Pipeline from a diffusers model folder or a single SD 1.x checkpoint file (whose tokenizer
+    then comes from OpenAI's vocabulary file, see sd.tokenizer.load_tokenizer)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    kw = dict(dtype=dtype, device=device, variant=variant)
+    unet, vae, text = load_unet(path, **kw), load_vae(path, **kw), load_text_encoder(path, **kw)
+    tokenizer = load_tokenizer(path if path.is_dir() else None)
+    return Pipeline(unet, vae, text, tokenizer)

@@ -1,0 +1,153 @@
+"""The InstaFlow sampler: equal to a reference loop on diffusers modules, compiled step equal to
+eager, interpolation, the CLI and its errors (tiny random models saved by diffusers/transformers)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sd.euler import cfg_euler_step, fused_step
+from sd.pipeline import PipelineError, load_pipeline, noise, slerp
+from sd.tokenizer import bytes_to_unicode
+from tests.conftest import ROOT
+from tests.test_sd_models import ref_unet, ref_vae
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny SD-layout model folder: unet/, vae/, text_encoder/, tokenizer/ (byte-level vocabulary)."""
+    root = tmp_path_factory.mktemp("tiny-instaflow")
+    unet, vae = ref_unet(), ref_vae()
+    unet.save_pretrained(root / "unet")
+    vae.save_pretrained(root / "vae")
+    units = list(bytes_to_unicode().values())
+    vocab = {t: i for i, t in enumerate(units + [u + "</w>" for u in units] + ["<|startoftext|>", "<|endoftext|>"])}
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "vocab.json").write_text(json.dumps(vocab))
+    (root / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    cfg = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+                                      bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    torch.manual_seed(3)
+    text = transformers.CLIPTextModel(cfg).eval()
+    text.save_pretrained(root / "text_encoder")
+    tok = transformers.CLIPTokenizer(str(root / "tokenizer" / "vocab.json"), str(root / "tokenizer" / "merges.txt"))
+    return root, unet, vae, text, tok
+
+
+def reference(unet, vae, text, tok, prompts, negatives, steps, guidance, seed, size):
+    """InstaFlow's released sampling loop, on diffusers/transformers modules."""
+    def embed(p):
+        return text(tok(p, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids).last_hidden_state
+    cfg = guidance > 1
+    emb = torch.cat([embed(negatives), embed(prompts)]) if cfg else embed(prompts)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)        # 2 for this tiny VAE, 8 for SD's
+    latents = torch.randn((len(prompts), 4, size // f, size // f), generator=torch.Generator("cpu").manual_seed(seed))
+    dt = 1.0 / steps
+    for i in range(steps):
+        t = (1.0 - i / steps) * 1000.0
+        inp = torch.cat([latents] * 2) if cfg else latents
+        v = unet(inp, torch.ones(inp.shape[0]) * t, encoder_hidden_states=emb).sample
+        if cfg:
+            v_neg, v_text = v.chunk(2)
+            v = v_neg + guidance * (v_text - v_neg)
+        latents = latents + dt * v
+    image = vae.decode(latents / vae.config.scaling_factor).sample
+    return latents, ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("steps,guidance", [(1, 1.0), (3, 1.0), (2, 4.0)])
+def test_pipeline_equals_the_reference_loop(model, steps, guidance):
+    root, unet, vae, text, tok = model
+    pipe = load_pipeline(root)
+    prompts, negatives = ["a red circle at the top left", "a blue square"], ["blurry", ""]
+    with torch.no_grad():
+        ref_lat, ref_img = reference(unet, vae, text, tok, prompts, negatives, steps, guidance, 7, 64)
+        out = pipe(prompts, negatives, steps=steps, guidance=guidance, seed=7, height=64, width=64,
+                   return_latents=True, progress=False)
+    assert (out.latents - ref_lat).abs().max().item() <= 1e-4
+    assert out.images.shape == (2, 64, 64, 3) and out.images.dtype == np.uint8
+    assert np.abs(out.images.astype(int) - ref_img.astype(int)).max() <= 1
+    assert len(out.seconds["steps"]) == steps
+
+
+def test_compiled_step_equals_eager():
+    g = torch.Generator().manual_seed(0)
+    lat, v = torch.randn(2, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    step = fused_step(compile=True)
+    for cfg in (True, False):
+        vv = v if cfg else v[:2]
+        torch.testing.assert_close(step(lat, vv, 5.0, 0.25, cfg), cfg_euler_step(lat, vv, 5.0, 0.25, cfg),
+                                   atol=1e-6, rtol=0)
+    assert fused_step(compile=False) is cfg_euler_step
+
+
+def test_compiled_pipeline_equals_eager(model):
+    pipe = load_pipeline(model[0])
+    a = pipe("a cat", steps=2, guidance=3.0, height=32, width=32, return_latents=True, progress=False)
+    b = pipe("a cat", steps=2, guidance=3.0, height=32, width=32, return_latents=True, progress=False, compile=True)
+    assert (a.latents - b.latents).abs().max().item() <= 1e-6
+
+
+def test_seed_convention_and_interpolation(model):
+    pipe = load_pipeline(model[0])
+    assert torch.equal(noise((1, 4, 8, 8), 5), torch.randn(1, 4, 8, 8, generator=torch.Generator("cpu").manual_seed(5)))
+    frames = pipe.interpolate("a cat", 1, 2, frames=3, height=32, width=32, progress=False)
+    first = pipe("a cat", seed=1, height=32, width=32, progress=False).images[0]
+    last = pipe("a cat", seed=2, height=32, width=32, progress=False).images[0]
+    assert frames.shape == (3, 32, 32, 3)
+    assert np.abs(frames[0].astype(int) - first).max() <= 1 and np.abs(frames[-1].astype(int) - last).max() <= 1
+    a, b = noise((1, 4, 16, 16), 1), noise((1, 4, 16, 16), 2)
+    mid = slerp(a, b, 0.5)
+    assert abs(mid.norm() / a.norm() - 1) < 0.05       # slerp keeps Gaussian-typical norms; lerp would not
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(height=100), "height must be a positive multiple of 8, got 100"),
+    (dict(width=0), "width must be a positive multiple of 8"),
+    (dict(steps=0), "steps must be a positive integer, got 0"),
+    (dict(negative_prompt=["a", "b"]), "1 prompt(s) but 2 negative prompt(s)"),
+])
+def test_bad_arguments(model, kw, message):
+    pipe = load_pipeline(model[0])
+    with pytest.raises(PipelineError) as err:
+        pipe("a cat", progress=False, **{"height": 32, "width": 32, **kw})
+    assert message in str(err.value)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "sd.generate", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_writes_a_grid_and_prints_timings(model, tmp_path):
+    out = tmp_path / "grid.png"
+    r = _cli("--model", str(model[0]), "--prompt", "a red circle", "--prompt", "a blue square", "--batch", "2",
+             "--height", "32", "--width", "48", "--steps", "2", "--guidance", "2", "--out", str(out), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "text encoder" in r.stdout and "step 2" in r.stdout and "VAE" in r.stdout
+    import matplotlib.image
+    assert matplotlib.image.imread(out).shape[:2] == (64, 96)      # 4 images in a 2 x 2 grid
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--height", "100"], "multiple of 8"),
+    (["--steps", "0"], "steps must be a positive integer"),
+    (["--negative-prompt", "x", "--negative-prompt", "y"], "negative prompt(s)"),
+])
+def test_cli_bad_input_exits_2(model, tmp_path, args, message):
+    r = _cli("--model", str(model[0]), "--prompt", "a cat", "--out", str(tmp_path / "x.png"), "--device", "cpu", *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_cli_missing_or_wrong_model_exits_2(tmp_path):
+    r = _cli("--model", str(tmp_path / "nope"), "--prompt", "a cat", "--device", "cpu")
+    assert r.returncode == 2 and "no such file or folder" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = _cli("--model", str(tmp_path / "empty"), "--prompt", "a cat", "--device", "cpu")
+    assert r.returncode == 2 and "neither a model folder" in r.stderr
