@@ -8,12 +8,17 @@ written as one plain function so that `torch.compile(fullgraph=True)` fuses it i
 import torch
 
 
+def guide(pred, guidance: float, cfg: bool):
+    """Classifier-free guidance on a [2B, ...] = [negative; text] prediction: neg + w (text - neg)."""
+    if not cfg:
+        return pred
+    neg, text = pred.chunk(2)
+    return neg + guidance * (text - neg)
+
+
 def cfg_euler_step(latents, v_pred, guidance: float, dt: float, cfg: bool):
     """One Euler step from the UNet's output; with cfg, v_pred is [2B, ...] = [v_neg; v_text]."""
-    if cfg:
-        v_neg, v_text = v_pred.chunk(2)
-        v_pred = v_neg + guidance * (v_text - v_neg)
-    return (latents + dt * v_pred).to(latents.dtype)
+    return (latents + dt * guide(v_pred, guidance, cfg)).to(latents.dtype)
 
 
 _compiled = {}

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .loaders import CheckpointError
-from .pipeline import PipelineError, load_pipeline
+from .pipeline import PipelineError, default_sampler, load_pipeline
 from .safetensors_io import SafetensorsError
 from .tokenizer import TokenizerError
 
@@ -54,6 +54,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="compile the fused Euler step with torch.compile")
+    p.add_argument("--sampler", choices=["euler", "ddim", "dpm++", "auto"], default="euler",
+                   help="euler: rectified flow (InstaFlow, 2-RF; default); ddim / dpm++: an epsilon-prediction "
+                        "teacher such as SD 1.5; auto: from the folder's scheduler config")
     p.add_argument("--out", type=Path, default=Path("image.png"))
     args = p.parse_args(argv)
     try:
@@ -61,15 +64,16 @@ def main(argv=None):
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise PipelineError(f"--device {args.device}: CUDA is not available")
         pipe = load_pipeline(args.model, dtype=DTYPES[args.dtype], device=dev)
+        sampler = default_sampler(args.model) if args.sampler == "auto" else args.sampler
         out = pipe(args.prompt, args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                   height=args.height, width=args.width, batch=args.batch, compile=args.compile)
+                   height=args.height, width=args.width, batch=args.batch, compile=args.compile, sampler=sampler)
     except (PipelineError, CheckpointError, SafetensorsError, TokenizerError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     images = out.images
     save_png(grid(images) if len(images) > 1 else images[0], args.out)
     s = out.seconds
-    print(f"text encoder {s['text_encoder'] * 1e3:.0f} ms | " + " | ".join(f"step {i + 1} {t * 1e3:.0f} ms"
+    print(f"{sampler}: text encoder {s['text_encoder'] * 1e3:.0f} ms | " + " | ".join(f"step {i + 1} {t * 1e3:.0f} ms"
           for i, t in enumerate(s["steps"])) + f" | VAE {s['vae'] * 1e3:.0f} ms")
     print(f"wrote {len(images)} image(s) to {args.out}")
     return 0

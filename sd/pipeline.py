@@ -6,6 +6,9 @@
                        v = v_neg + w (v_text - v_neg)   (when w > 1)
                        X <- X + (1/N) v
     image = VAE.decode(X / scaling_factor), mapped from [-1, 1] to uint8.
+
+With sampler="ddim" or "dpm++" the same pipeline samples an epsilon-prediction teacher (SD 1.5)
+with the solvers of sd/samplers.py instead.
 """
 import math
 import time
@@ -16,8 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .euler import fused_step
+from .euler import fused_step, guide
 from .loaders import CheckpointError, load_text_encoder, load_unet, load_vae
+from .samplers import SAMPLERS
 from .tokenizer import load_tokenizer
 
 
@@ -76,7 +80,7 @@ class Pipeline:
 
     @torch.no_grad()
     def __call__(self, prompt, negative_prompt=None, steps=1, guidance=1.0, seed=0, height=512, width=512,
-                 batch=1, latents=None, return_latents=False, compile=False, progress=True):
+                 batch=1, latents=None, return_latents=False, compile=False, progress=True, sampler="euler"):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise PipelineError("no prompt given")
@@ -87,6 +91,8 @@ class Pipeline:
         for name, val in (("height", height), ("width", width)):
             if isinstance(val, bool) or not isinstance(val, int) or val <= 0 or val % 8:
                 raise PipelineError(f"{name} must be a positive multiple of 8, got {val!r}")
+        if sampler not in ("euler", *SAMPLERS):
+            raise PipelineError(f"unknown sampler {sampler!r}: choose euler, {', '.join(SAMPLERS)}")
         for name, val in (("steps", steps), ("batch", batch)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise PipelineError(f"{name} must be a positive integer, got {val!r}")
@@ -109,15 +115,29 @@ class Pipeline:
         elif tuple(latents.shape) != shape:
             raise PipelineError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(dev).to(self.dtype)
-        step, dt = fused_step(compile), 1.0 / steps
-        secs["steps"] = []
-        for i in tqdm(range(steps), desc="euler", disable=not progress, leave=False):
-            t0 = time.perf_counter()
-            t = torch.full((latents.shape[0] * (2 if cfg else 1),), (1.0 - i / steps) * 1000.0, device=dev)
-            v = self.unet(torch.cat([latents] * 2) if cfg else latents, t, context)
-            latents = step(latents, v, float(guidance), dt, cfg)
+        secs["steps"], bar = [], tqdm(total=steps, desc=sampler, disable=not progress, leave=False)
+        clock = [time.perf_counter()]
+
+        def tick(i, x):                                         # per-step timing and progress
             sync()
-            secs["steps"].append(time.perf_counter() - t0)
+            secs["steps"].append(time.perf_counter() - clock[0])
+            clock[0] = time.perf_counter()
+            bar.update()
+
+        def model(x, timestep):                                 # the UNet with CFG on a [neg; text] batch
+            t = torch.full((x.shape[0] * (2 if cfg else 1),), float(timestep), device=dev)
+            return self.unet(torch.cat([x] * 2) if cfg else x, t, context)
+
+        if sampler == "euler":
+            step, dt = fused_step(compile), 1.0 / steps
+            for i in range(steps):
+                v = model(latents, (1.0 - i / steps) * 1000.0)      # noise at 1000, data at 0
+                latents = step(latents, v, float(guidance), dt, cfg)
+                tick(i, latents)
+        else:
+            latents = SAMPLERS[sampler](lambda x, k: guide(model(x, k), float(guidance), cfg), latents, steps,
+                                        callback=tick)
+        bar.close()
         t0 = time.perf_counter()
         images = self.vae.decode(latents.to(next(self.vae.parameters()).dtype) / self.vae.scaling_factor)
         sync()
@@ -130,6 +150,20 @@ class Pipeline:
         a, b = noise(self.latent_shape(1, height, width), seed_a), noise(self.latent_shape(1, height, width), seed_b)
         return np.concatenate([self(prompt, latents=slerp(a, b, k / max(frames - 1, 1)), height=height, width=width,
                                     **kw).images for k in range(frames)])
+
+
+def default_sampler(path):
+    """"euler" unless the folder's scheduler/scheduler_config.json names an epsilon-prediction
+    scheduler (DDIM -> "ddim", others -> "dpm++"). InstaFlow's and 2-RF's released folders are
+    SD-shaped and may carry SD's scheduler config: pass the sampler explicitly for them."""
+    import json
+    f = Path(path) / "scheduler" / "scheduler_config.json"
+    if not f.exists():
+        return "euler"
+    cfg = json.loads(f.read_text())
+    if cfg.get("prediction_type", "epsilon") != "epsilon" or "FlowMatch" in cfg.get("_class_name", ""):
+        return "euler"
+    return "ddim" if cfg.get("_class_name") == "DDIMScheduler" else "dpm++"
 
 
 def load_pipeline(path, dtype=None, device="cpu", variant=None):

@@ -1,0 +1,99 @@
+"""Teacher samplers for SD 1.5-style epsilon-prediction models, as ODE solvers.
+
+The SD schedule: betas scaled-linear from 0.00085 to 0.012 over 1000 steps, alpha_bar = cumprod(1 - beta),
+and a noisy latent at training step k is  x = alpha x_0 + sigma eps,  alpha = sqrt(alpha_bar_k),
+sigma = sqrt(1 - alpha_bar_k).
+
+In rectified-flow time the same point is on the straight line from noise to data:
+    X = x / (alpha + sigma) = t x_0 + (1 - t) eps,   t = alpha / (alpha + sigma),
+and an epsilon prediction gives the velocity  v = x_0_hat - eps_hat,  x_0_hat = (x - sigma eps_hat) / alpha.
+DDIM (eta = 0) is exactly the Euler step X <- X + (t_next - t) v in these coordinates.
+DPM-Solver++(2M) (Lu et al. 2022) is a second-order multistep exponential integrator in
+lambda = log(alpha / sigma) on the data prediction x_0_hat.
+Timesteps follow diffusers' DDIMScheduler ("leading" spacing, steps_offset) and
+DPMSolverMultistepScheduler ("linspace" spacing, final sigma 0) so that results match them.
+"""
+import math
+
+import numpy as np
+import torch
+
+
+def sd_alphas_cumprod(n=1000, beta_start=0.00085, beta_end=0.012):
+    """alpha_bar_k = prod_{j <= k} (1 - beta_j), beta "scaled linear": linspace of sqrt(beta), squared."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def eps_to_rf(x, eps, alpha, sigma):
+    """(x, eps_hat) at (alpha, sigma) -> (X, t, v) in rectified-flow time (see the module docstring)."""
+    x0 = (x - sigma * eps) / alpha
+    return x / (alpha + sigma), alpha / (alpha + sigma), x0 - eps
+
+
+def ddim_timesteps(steps, n=1000, offset=1):
+    ratio = n // steps
+    return (np.arange(0, steps) * ratio).round()[::-1].astype(np.int64) + offset, ratio
+
+
+def sample_ddim(eps_model, x, steps, alphas_cumprod=None, set_alpha_to_one=False, offset=1, callback=None):
+    """DDIM, eta = 0, as Euler steps in rectified-flow time. eps_model(x, timestep) -> eps_hat."""
+    ac = sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+    timesteps, ratio = ddim_timesteps(steps, len(ac), offset)
+    final = torch.tensor(1.0) if set_alpha_to_one else ac[0]
+    for i, k in enumerate(timesteps):
+        eps = eps_model(x, int(k))
+        a_bar, a_bar_next = ac[k], (ac[k - ratio] if k - ratio >= 0 else final)
+        alpha, sigma = a_bar.sqrt(), (1 - a_bar).sqrt()
+        alpha_n, sigma_n = a_bar_next.sqrt(), (1 - a_bar_next).sqrt()
+        X, t, v = eps_to_rf(x, eps, alpha, sigma)
+        t_next = alpha_n / (alpha_n + sigma_n)
+        X = X + (t_next - t) * v                    # Euler: X_{t+dt} = X_t + dt v
+        x = (X * (alpha_n + sigma_n)).to(x.dtype)   # back to the VP latent
+        if callback:
+            callback(i, x)
+    return x
+
+
+def dpm_timesteps(steps, n=1000):
+    """"linspace" spacing, and the matching sigmas = sqrt((1 - alpha_bar) / alpha_bar), then 0."""
+    return np.linspace(0, n - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
+
+
+def sample_dpmpp_2m(eps_model, x, steps, alphas_cumprod=None, callback=None):
+    """DPM-Solver++(2M) with diffusers' defaults (midpoint form, first order at the first and last step)."""
+    ac = (sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).double()
+    timesteps = dpm_timesteps(steps, len(ac))
+    all_sig = ((1 - ac) / ac).sqrt().numpy()
+    sigmas = list(np.interp(timesteps, np.arange(len(all_sig)), all_sig)) + [0.0]
+
+    def alpha_sigma(s):                  # from sigma = sigma_vp / alpha_vp back to (alpha, sigma)
+        a = 1.0 / math.sqrt(s * s + 1.0)
+        return a, s * a
+
+    prev_x0 = None
+    for i, k in enumerate(timesteps):
+        eps = eps_model(x, int(k))
+        a_s, s_s = alpha_sigma(sigmas[i])
+        x0 = (x - s_s * eps) / a_s                               # data prediction
+        a_t, s_t = alpha_sigma(sigmas[i + 1])
+        lam_s = math.log(a_s) - math.log(s_s)
+        if sigmas[i + 1] == 0:                                   # the last step lands on x_0_hat (first order)
+            x = a_t * x0
+        else:
+            h = math.log(a_t) - math.log(s_t) - lam_s
+            if prev_x0 is None:                                  # first order: DPM-Solver++(1) = DDIM
+                x = (s_t / s_s) * x - a_t * math.expm1(-h) * x0
+            else:                                                # second order, multistep
+                a_p, s_p = alpha_sigma(sigmas[i - 1])
+                r = (lam_s - (math.log(a_p) - math.log(s_p))) / h
+                d1 = (x0 - prev_x0) / r
+                x = (s_t / s_s) * x - a_t * math.expm1(-h) * x0 - 0.5 * a_t * math.expm1(-h) * d1
+        x = x.to(eps.dtype)
+        prev_x0 = x0
+        if callback:
+            callback(i, x)
+    return x
+
+
+SAMPLERS = {"ddim": sample_ddim, "dpm++": sample_dpmpp_2m}
