@@ -53,7 +53,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1, help="images per prompt")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compile", action="store_true", help="compile the fused Euler step with torch.compile")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fused Euler step, the UNet and the VAE decoder (CUDA graphs on CUDA)")
     p.add_argument("--sampler", choices=["euler", "ddim", "dpm++", "auto"], default="euler",
                    help="euler: rectified flow (InstaFlow, 2-RF; default); ddim / dpm++: an epsilon-prediction "
                         "teacher such as SD 1.5; auto: from the folder's scheduler config")

@@ -62,6 +62,18 @@ class Pipeline:
     def __init__(self, unet, vae, text_encoder, tokenizer):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.vae_factor = 2 ** (len(vae.config["block_out_channels"]) - 1)   # 8 for SD: 512 px <-> 64 latents
+        self._compiled = None
+
+    def networks(self, compile):
+        """(unet, vae_decode): eager, or compiled once with torch.compile (fullgraph). On CUDA the
+        mode is "reduce-overhead", which captures each call as a CUDA graph and replays it."""
+        if not compile:
+            return self.unet, self.vae.decode
+        if self._compiled is None:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._compiled = (torch.compile(self.unet, fullgraph=True, mode=mode),
+                              torch.compile(self.vae.decode, fullgraph=True, mode=mode))
+        return self._compiled
 
     def latent_shape(self, n, height, width):
         return (n, self.unet.config["in_channels"], height // self.vae_factor, width // self.vae_factor)
@@ -124,9 +136,11 @@ class Pipeline:
             clock[0] = time.perf_counter()
             bar.update()
 
+        unet, vae_decode = self.networks(compile)
+
         def model(x, timestep):                                 # the UNet with CFG on a [neg; text] batch
             t = torch.full((x.shape[0] * (2 if cfg else 1),), float(timestep), device=dev)
-            return self.unet(torch.cat([x] * 2) if cfg else x, t, context)
+            return unet(torch.cat([x] * 2) if cfg else x, t, context)
 
         if sampler == "euler":
             step, dt = fused_step(compile), 1.0 / steps
@@ -139,7 +153,7 @@ class Pipeline:
                                         callback=tick)
         bar.close()
         t0 = time.perf_counter()
-        images = self.vae.decode(latents.to(next(self.vae.parameters()).dtype) / self.vae.scaling_factor)
+        images = vae_decode(latents.to(next(self.vae.parameters()).dtype) / self.vae.scaling_factor)
         sync()
         secs["vae"] = time.perf_counter() - t0
         return Output(to_uint8(images), latents if return_latents else None, secs)

@@ -88,10 +88,13 @@ def test_compiled_step_equals_eager():
 
 
 def test_compiled_pipeline_equals_eager(model):
+    """compile=True compiles the step, the UNet and the VAE decoder (about a minute on 2 CPU cores)."""
     pipe = load_pipeline(model[0])
     a = pipe("a cat", steps=2, guidance=3.0, height=32, width=32, return_latents=True, progress=False)
     b = pipe("a cat", steps=2, guidance=3.0, height=32, width=32, return_latents=True, progress=False, compile=True)
-    assert (a.latents - b.latents).abs().max().item() <= 1e-6
+    assert pipe._compiled is not None
+    assert (a.latents - b.latents).abs().max().item() <= 1e-4      # fused kernels round differently
+    assert np.abs(a.images.astype(int) - b.images.astype(int)).max() <= 1
 
 
 def test_seed_convention_and_interpolation(model):
