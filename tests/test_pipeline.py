@@ -12,6 +12,7 @@ from sd.euler import cfg_euler_step, fused_step
 from sd.pipeline import PipelineError, load_pipeline, noise, slerp
 from sd.tokenizer import bytes_to_unicode
 from tests.conftest import ROOT
+from tests.reference import instaflow_reference as reference
 from tests.test_sd_models import ref_unet, ref_vae
 
 diffusers = pytest.importorskip("diffusers")
@@ -38,27 +39,6 @@ def model(tmp_path_factory):
     text.save_pretrained(root / "text_encoder")
     tok = transformers.CLIPTokenizer(str(root / "tokenizer" / "vocab.json"), str(root / "tokenizer" / "merges.txt"))
     return root, unet, vae, text, tok
-
-
-def reference(unet, vae, text, tok, prompts, negatives, steps, guidance, seed, size):
-    """InstaFlow's released sampling loop, on diffusers/transformers modules."""
-    def embed(p):
-        return text(tok(p, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids).last_hidden_state
-    cfg = guidance > 1
-    emb = torch.cat([embed(negatives), embed(prompts)]) if cfg else embed(prompts)
-    f = 2 ** (len(vae.config.block_out_channels) - 1)        # 2 for this tiny VAE, 8 for SD's
-    latents = torch.randn((len(prompts), 4, size // f, size // f), generator=torch.Generator("cpu").manual_seed(seed))
-    dt = 1.0 / steps
-    for i in range(steps):
-        t = (1.0 - i / steps) * 1000.0
-        inp = torch.cat([latents] * 2) if cfg else latents
-        v = unet(inp, torch.ones(inp.shape[0]) * t, encoder_hidden_states=emb).sample
-        if cfg:
-            v_neg, v_text = v.chunk(2)
-            v = v_neg + guidance * (v_text - v_neg)
-        latents = latents + dt * v
-    image = vae.decode(latents / vae.config.scaling_factor).sample
-    return latents, ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 @pytest.mark.parametrize("steps,guidance", [(1, 1.0), (3, 1.0), (2, 4.0)])

@@ -1,0 +1,28 @@
+"""InstaFlow's released sampling loop written on diffusers / transformers modules: the oracle of
+tests/test_pipeline.py and the baseline of bench/pipeline.py."""
+import torch
+
+
+def instaflow_reference(unet, vae, text, tok, prompts, negatives, steps, guidance, seed, size):
+    """InstaFlow's released sampling loop, on diffusers/transformers modules."""
+    dev, dtype = unet.device, unet.dtype
+
+    def embed(p):
+        ids = tok(p, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        return text(ids.to(dev)).last_hidden_state.to(dtype)
+    cfg = guidance > 1
+    emb = torch.cat([embed(negatives), embed(prompts)]) if cfg else embed(prompts)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)        # 2 for this tiny VAE, 8 for SD's
+    latents = torch.randn((len(prompts), 4, size // f, size // f), generator=torch.Generator("cpu").manual_seed(seed))
+    latents = latents.to(dev, dtype)
+    dt = 1.0 / steps
+    for i in range(steps):
+        t = (1.0 - i / steps) * 1000.0
+        inp = torch.cat([latents] * 2) if cfg else latents
+        v = unet(inp, torch.ones(inp.shape[0], device=dev) * t, encoder_hidden_states=emb).sample
+        if cfg:
+            v_neg, v_text = v.chunk(2)
+            v = v_neg + guidance * (v_text - v_neg)
+        latents = latents + dt * v
+    image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return latents, ((image.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
