@@ -43,7 +43,8 @@ def main():
     import diffusers
     import transformers
     p = argparse.ArgumentParser()
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--sizes", type=int, nargs="*", default=[256, 512], help="none: only the update benchmark")
+    p.add_argument("--update-iters", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -58,12 +59,14 @@ def main():
     lat = torch.randn(1, 4, 64, 64, generator=g).to(dev, dtype)
     v = torch.randn(2, 4, 64, 64, generator=g).to(dev, dtype)
     fused = fused_step(compile=True)
-    n = 200
+    n = args.update_iters
     eager_t = median_time(lambda: [cfg_euler_step(lat, v, 7.5, 1.0, True) for _ in range(n)], args.repeats, dev) / n
     fused_t = median_time(lambda: [fused(lat, v, 7.5, 1.0, True) for _ in range(n)], args.repeats, dev) / n
     print("| CFG + Euler update, 1x4x64x64 | eager (us) | compiled (us) | ratio |")
     print("| --- | ---: | ---: | ---: |")
     print(f"| per step | {eager_t * 1e6:.1f} | {fused_t * 1e6:.1f} | {fused_t / eager_t:.2f} |\n")
+    if not args.sizes:
+        return
 
     # 2. one step, text to image, full-size random model; same weights for both
     torch.manual_seed(0)

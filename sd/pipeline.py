@@ -10,6 +10,7 @@
 With sampler="ddim" or "dpm++" the same pipeline samples an epsilon-prediction teacher (SD 1.5)
 with the solvers of sd/samplers.py instead.
 """
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -128,12 +129,13 @@ class Pipeline:
             raise PipelineError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(dev).to(self.dtype)
         secs["steps"], bar = [], tqdm(total=steps, desc=sampler, disable=not progress, leave=False)
-        clock = [time.perf_counter()]
+        last = time.perf_counter()
 
         def tick(i, x):                                         # per-step timing and progress
+            nonlocal last
             sync()
-            secs["steps"].append(time.perf_counter() - clock[0])
-            clock[0] = time.perf_counter()
+            secs["steps"].append(time.perf_counter() - last)
+            last = time.perf_counter()
             bar.update()
 
         unet, vae_decode = self.networks(compile)
@@ -170,7 +172,6 @@ def default_sampler(path):
     """"euler" unless the folder's scheduler/scheduler_config.json names an epsilon-prediction
     scheduler (DDIM -> "ddim", others -> "dpm++"). InstaFlow's and 2-RF's released folders are
     SD-shaped and may carry SD's scheduler config: pass the sampler explicitly for them."""
-    import json
     f = Path(path) / "scheduler" / "scheduler_config.json"
     if not f.exists():
         return "euler"
