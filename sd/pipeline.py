@@ -181,13 +181,17 @@ def default_sampler(path):
     return "ddim" if cfg.get("_class_name") == "DDIMScheduler" else "dpm++"
 
 
-def load_pipeline(path, dtype=None, device="cpu", variant=None):
+def load_pipeline(path, dtype=None, device="cpu", variant=None, config=None):
     """A Pipeline from a diffusers model folder or a single SD 1.x checkpoint file (whose tokenizer
-    then comes from OpenAI's vocabulary file, see sd.tokenizer.load_tokenizer)."""
+    then comes from OpenAI's vocabulary file, see sd.tokenizer.load_tokenizer). `config` may hold
+    overrides per component, {"unet": {...}, "vae": {...}, "text_encoder": {...}}."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
+    config = config or {}
     kw = dict(dtype=dtype, device=device, variant=variant)
-    unet, vae, text = load_unet(path, **kw), load_vae(path, **kw), load_text_encoder(path, **kw)
+    unet = load_unet(path, config=config.get("unet"), **kw)
+    vae = load_vae(path, config=config.get("vae"), **kw)
+    text = load_text_encoder(path, config=config.get("text_encoder"), **kw)
     tokenizer = load_tokenizer(path if path.is_dir() else None)
     return Pipeline(unet, vae, text, tokenizer)

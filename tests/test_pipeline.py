@@ -56,6 +56,40 @@ def test_pipeline_equals_the_reference_loop(model, steps, guidance):
     assert len(out.seconds["steps"]) == steps
 
 
+def test_pipeline_from_a_single_file(model, tmp_path):
+    """A single LDM checkpoint (tokenizer: OpenAI's vocabulary) samples like the same weights in a folder."""
+    from sd.safetensors_io import save_file
+    from sd.tokenizer import TokenizerError, openai_bpe_path
+    from tests.test_sd_models import to_ldm_unet, to_ldm_vae
+    try:
+        openai_bpe_path()
+    except TokenizerError as e:
+        pytest.skip(str(e))
+    root, unet, vae, _, _ = model
+    cfg = transformers.CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu")
+    torch.manual_seed(4)
+    text = transformers.CLIPTextModel(cfg).eval()
+    ckpt = {**to_ldm_unet(unet.state_dict(), dict(unet.config)), **to_ldm_vae(vae.state_dict(), 2),
+            **{"cond_stage_model.transformer.text_model." + k: v for k, v in text.state_dict().items()}}
+    save_file({k: v.contiguous() for k, v in ckpt.items()}, tmp_path / "tiny.safetensors")
+    pipe = load_pipeline(tmp_path / "tiny.safetensors", config={"unet": {"attention_head_dim": 4, "norm_num_groups": 8},
+                                                               "vae": {"norm_num_groups": 8},
+                                                               "text_encoder": {"num_attention_heads": 4}})
+    assert len(pipe.tokenizer.vocab) == 49408
+    out = pipe("a red circle", steps=2, guidance=2.0, seed=1, height=32, width=32, return_latents=True, progress=False)
+    from transformers import CLIPTokenizer
+    vocab_dir = tmp_path / "tok"
+    vocab_dir.mkdir()
+    (vocab_dir / "vocab.json").write_text(json.dumps(pipe.tokenizer.vocab))
+    merges = sorted(pipe.tokenizer.ranks, key=pipe.tokenizer.ranks.get)
+    (vocab_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tok = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"))
+    with torch.no_grad():
+        ref_lat, _ = reference(unet, vae, text, tok, ["a red circle"], [""], 2, 2.0, 1, 32)
+    assert (out.latents - ref_lat).abs().max().item() <= 1e-4
+
+
 def test_compiled_step_equals_eager():
     g = torch.Generator().manual_seed(0)
     lat, v = torch.randn(2, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
