@@ -4,31 +4,16 @@
     python bench/forward.py [--repeats 5] [--dtype fp32] [--device cpu]   (needs requirements-dev.txt)
 """
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.timing import median_time  # noqa: E402
 from sd.unet import SD15_UNET, UNet  # noqa: E402
 from sd.vae import SD15_VAE, VAE  # noqa: E402
-
-
-def timed(fn, repeats, device):
-    fn()                                            # warm-up
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def main():
@@ -56,12 +41,12 @@ def main():
     rows = []
     with torch.inference_mode():
         diff = (ours_unet(x, t, ctx) - ref_unet(x, t, ctx).sample).abs().max().item()
-        r = timed(lambda: ref_unet(x, t, ctx), args.repeats, dev)
-        o = timed(lambda: ours_unet(x, t, ctx), args.repeats, dev)
+        r = median_time(lambda: ref_unet(x, t, ctx), args.repeats, dev)
+        o = median_time(lambda: ours_unet(x, t, ctx), args.repeats, dev)
         rows.append(("UNet forward, 1x4x32x32", o, r, diff))
         diff = (ours_vae.decode(x) - ref_vae.decode(x).sample).abs().max().item()
-        r = timed(lambda: ref_vae.decode(x), args.repeats, dev)
-        o = timed(lambda: ours_vae.decode(x), args.repeats, dev)
+        r = median_time(lambda: ref_vae.decode(x), args.repeats, dev)
+        o = median_time(lambda: ours_vae.decode(x), args.repeats, dev)
         rows.append(("VAE decode, 1x4x32x32 -> 256x256", o, r, diff))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{name}, {args.dtype}, torch {torch.__version__}, median of {args.repeats} runs\n")

@@ -6,16 +6,15 @@ full-size SD 1.5-shaped model (random weights) against InstaFlow's loop on diffu
 """
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.timing import median_time  # noqa: E402
 from sd.clip import SD15_TEXT, TextEncoder  # noqa: E402
 from sd.euler import cfg_euler_step, fused_step  # noqa: E402
 from sd.pipeline import Pipeline  # noqa: E402
@@ -23,20 +22,6 @@ from sd.tokenizer import load_tokenizer  # noqa: E402
 from sd.unet import SD15_UNET, UNet  # noqa: E402
 from sd.vae import SD15_VAE, VAE  # noqa: E402
 from tests.reference import instaflow_reference  # noqa: E402
-
-
-def median_time(fn, repeats, device):
-    fn()
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def main():
