@@ -3,7 +3,7 @@ safetensors) with sd.load_unet against safetensors.torch.load_file and diffusers
 
     python bench/load_unet.py [--dir /tmp/rectflow-bench]      (needs requirements-dev.txt)
 
-Each loader runs in a fresh process with the file in the page cache; "peak RSS added" is the
+Each loader runs in a fresh process with the file in the page cache, the loaders taking turns; "peak RSS added" is the
 process's peak resident memory (VmHWM) minus its resident memory after imports. Like for like: a
 dict of tensors (sd.load_file vs safetensors.torch.load_file) and a model (sd.load_unet vs diffusers).
 Memory-mapped loaders read nothing until a tensor is used, so each is also measured after reading
@@ -78,13 +78,14 @@ def main():
     f = make_checkpoint(args.dir)
     size_mb = f.stat().st_size / 2 ** 20
     f.read_bytes()   # warm the page cache for everyone
-    rows = {}
-    for read_all in (False, True):
-        for method in METHODS:
-            cmd = [sys.executable, __file__, "--dir", str(args.dir), "--worker", method] + ["--read-all"] * read_all
-            runs = [json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-                    for _ in range(args.repeats)]
-            rows[method + " + read all" * read_all] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    runs = {}
+    for _ in range(args.repeats):          # interleaved, so that drifts of the machine hit every loader
+        for read_all in (False, True):
+            for method in METHODS:
+                cmd = [sys.executable, __file__, "--dir", str(args.dir), "--worker", method] + ["--read-all"] * read_all
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+                runs.setdefault(method + " + read all" * read_all, []).append(json.loads(out))
+    rows = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     refs = {"sd.load_file": "safetensors.torch.load_file", "sd.load_unet": "diffusers from_pretrained"}
     print(f"\nfull-size SD 1.5 UNet, fp16 safetensors: {size_mb:.0f} MiB; median of {args.repeats} runs each\n")
     print("| loader | seconds | peak RSS added (MiB) | RSS / file size | time / reference's |")
