@@ -10,6 +10,7 @@ step predicting the endpoint  Z_1_hat = X_t + (1 - t) v(X_t, t)  with X_t = t Z_
 """
 import torch
 
+from .checks import positive_int
 from .flow import call_velocity, interpolate
 from .train import fit_coupling
 
@@ -25,8 +26,7 @@ def distill_loss(student, z0, z1, k=1, cond=None, generator=None, loss_fn=mse):
     `loss_fn(pred, target)` is pluggable (e.g. a perceptual loss on decoded images); it compares
     the predicted endpoint with the teacher's Z_1.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (student steps) must be a positive integer, got {k!r}")
+    positive_int(k, "k (student steps)")
     j = torch.randint(0, k, (z0.shape[0],), generator=generator).to(z0.device)
     t = j.to(z0.dtype) / k
     xt = interpolate(z0, z1, t)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .flow import call_velocity
-from .ode import _check_steps
+from .checks import positive_int
 
 
 @torch.no_grad()
@@ -24,7 +24,7 @@ def straightness(v, z0, steps=100, cond=None, batch_size=None):
     is the per-sample variance of the velocity along the path, exactly 0 for a constant one).
     The squared norm is summed over coordinates and averaged over samples.
     """
-    _check_steps(steps)
+    positive_int(steps, "steps")
     if batch_size is not None and z0.shape[0] > batch_size:
         parts = [straightness(v, z0[s:s + batch_size], steps, None if cond is None else cond[s:s + batch_size])
                  * min(batch_size, z0.shape[0] - s) for s in range(0, z0.shape[0], batch_size)]

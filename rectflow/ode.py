@@ -6,12 +6,8 @@ All solvers take a velocity model v(x, t[, cond]) with t of shape [B], a start Z
 """
 import torch
 
+from .checks import positive_int
 from .flow import call_velocity
-
-
-def _check_steps(steps):
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
 
 
 def _step_euler(v, z, t, dt, cond):
@@ -43,7 +39,7 @@ SOLVERS = {"euler": _step_euler, "heun": _step_heun, "rk4": _step_rk4}
 @torch.no_grad()
 def solve(v, z0, steps, method="euler", cond=None, return_trajectory=False):
     """Integrate dZ_t = v(Z_t, t) dt from t = 0 to t = 1 with `steps` uniform steps."""
-    _check_steps(steps)
+    positive_int(steps, "steps")
     if method not in SOLVERS:
         raise ValueError(f"unknown ODE solver {method!r}: choose one of {sorted(SOLVERS)}")
     step, dt = SOLVERS[method], 1.0 / steps

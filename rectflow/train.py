@@ -2,6 +2,8 @@
 import torch
 from tqdm.auto import tqdm
 
+from .checks import positive_int
+
 
 def fit(model, loss_on_batch, iters, lr=1e-3, weight_decay=0.0, grad_clip=1.0, cosine=True,
         desc="train", progress=True, log_every=100):
@@ -10,8 +12,7 @@ def fit(model, loss_on_batch, iters, lr=1e-3, weight_decay=0.0, grad_clip=1.0, c
 
     Returns the list of losses (one per iteration). The model is left in eval mode.
     """
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be a positive integer, got {iters!r}")
+    positive_int(iters, "iters")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters) if cosine else None
     model.train()

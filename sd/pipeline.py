@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rectflow.checks import positive_int
+
 from .euler import fused_step, guide
 from .loaders import CheckpointError, load_text_encoder, load_unet, load_vae
 from .samplers import SAMPLERS
@@ -106,9 +108,8 @@ class Pipeline:
                 raise PipelineError(f"{name} must be a positive multiple of 8, got {val!r}")
         if sampler not in ("euler", *SAMPLERS):
             raise PipelineError(f"unknown sampler {sampler!r}: choose euler, {', '.join(SAMPLERS)}")
-        for name, val in (("steps", steps), ("batch", batch)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise PipelineError(f"{name} must be a positive integer, got {val!r}")
+        positive_int(steps, "steps", PipelineError)
+        positive_int(batch, "batch", PipelineError)
         prompts, negatives = [p for p in prompts for _ in range(batch)], [n for n in negatives for _ in range(batch)]
         cfg, dev, secs = guidance > 1.0, self.device, {}
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 import rectflow as rf
+from rectflow.checks import positive_int
 
 from .datasets import get_dataset
 from .model import VelocityMLP
@@ -48,9 +49,7 @@ class Config:
         get_dataset(self.dataset)
         for name in ("iters", "distill_iters", "reflows", "batch_size", "n_pairs", "pair_steps",
                      "n_samples", "n_eval", "straightness_steps", "hidden", "depth"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive integer, got {val!r}")
+            positive_int(getattr(self, name), name)
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.steps):
             raise ValueError(f"steps must be positive integers, got {self.steps!r}")
         if self.n_eval > self.n_samples:
