@@ -61,7 +61,7 @@ def make_checkpoint(folder):
     from sd.unet import SD15_UNET
     print("creating a full-size SD 1.5 UNet with random weights (fp16) ...", flush=True)
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(**{k: v for k, v in SD15_UNET.items()}).half()
+    unet = diffusers.UNet2DConditionModel(**SD15_UNET).half()
     unet.save_pretrained(folder / "unet", variant="fp16")
     return f
 

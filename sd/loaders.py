@@ -198,17 +198,16 @@ def _single_file(path, prefix):
 def _unet_config_from_ldm(sd, base):
     """Channel widths, depth, context width and projection type read off the tensors' shapes."""
     pre = "model.diffusion_model."
-    levels = 1 + max(int(m[1]) for k in sd if (m := re.match(re.escape(pre) + r"input_blocks\.(\d+)\.", k)))
-    ch = [sd[f"{pre}input_blocks.0.0.weight"].shape[0]]
+    last = max(int(m[1]) for k in sd if (m := re.match(re.escape(pre) + r"input_blocks\.(\d+)\.", k)))
     downs = sorted({int(m[1]) for k in sd if (m := re.match(re.escape(pre) + r"input_blocks\.(\d+)\.0\.op\.", k))})
-    n = downs[0] - 1 if downs else levels - 1
+    n = downs[0] - 1 if downs else last     # input_blocks: conv_in, then n layers (+ a downsampler) per level
     num_levels = len(downs) + 1
     widths = [sd[f"{pre}input_blocks.{1 + lvl * (n + 1)}.0.out_layers.3.weight"].shape[0] for lvl in range(num_levels)]
     cross = [f"{pre}input_blocks.{1 + lvl * (n + 1)}.1.proj_in.weight" in sd for lvl in range(num_levels)]
     ctx = next((v.shape[1] for k, v in sd.items() if k.endswith("attn2.to_k.weight")), base["cross_attention_dim"])
     proj = next((v for k, v in sd.items() if k.endswith("proj_in.weight")), None)
     return {**base, "block_out_channels": widths, "layers_per_block": n, "cross_attention_dim": ctx,
-            "in_channels": ch and sd[f"{pre}input_blocks.0.0.weight"].shape[1],
+            "in_channels": sd[f"{pre}input_blocks.0.0.weight"].shape[1],
             "out_channels": sd[f"{pre}out.2.weight"].shape[0],
             "use_linear_projection": proj is not None and proj.ndim == 2,
             "down_block_types": ["CrossAttnDownBlock2D" if c else "DownBlock2D" for c in cross],
@@ -218,6 +217,7 @@ def _unet_config_from_ldm(sd, base):
 # ---- public loaders ----------------------------------------------------------------------------
 
 def _load(path, component, cls, dtype, device, variant, config, from_single):
+    """Config and weights from a component folder or a single file, then `config` on top."""
     kind, where = _resolve(path, component)
     if kind == "folder":
         cfg = json.loads((where / "config.json").read_text())
@@ -226,8 +226,8 @@ def _load(path, component, cls, dtype, device, variant, config, from_single):
             sd.update(read_weights(f))
         if component == "text_encoder":
             sd = _strip_text(sd)
-        return _build(cls, {**cfg, **(config or {})}, sd, where, dtype, device)
-    cfg, sd = from_single(where)
+    else:
+        cfg, sd = from_single(where)
     return _build(cls, {**cfg, **(config or {})}, sd, where, dtype, device)
 
 
@@ -238,7 +238,7 @@ def load_unet(path, dtype=None, device="cpu", variant=None, config=None):
     (attention_head_dim=8, norm_num_groups=32)."""
     def single(f):
         part = _single_file(f, "model.diffusion_model.")
-        cfg = _unet_config_from_ldm(part, {**SD15_UNET, **(config or {})})
+        cfg = _unet_config_from_ldm(part, SD15_UNET)
         return cfg, ldm_unet_to_diffusers(part, cfg["layers_per_block"])
     return _load(path, "unet", UNet, dtype, device, variant, config, single)
 
@@ -250,7 +250,7 @@ def load_vae(path, dtype=None, device="cpu", variant=None, config=None):
         widths = [part[f"first_stage_model.encoder.down.{i}.block.0.conv2.weight"].shape[0] for i in range(levels)]
         n = 1 + max(int(m[1]) for k in part if (m := re.match(r"first_stage_model\.encoder\.down\.0\.block\.(\d+)\.", k)))
         cfg = {**SD15_VAE, "block_out_channels": widths, "layers_per_block": n,
-               "latent_channels": part["first_stage_model.post_quant_conv.weight"].shape[0], **(config or {})}
+               "latent_channels": part["first_stage_model.post_quant_conv.weight"].shape[0]}
         return cfg, ldm_vae_to_diffusers(part, levels)
     return _load(path, "vae", VAE, dtype, device, variant, config, single)
 
@@ -263,7 +263,7 @@ def load_text_encoder(path, dtype=None, device="cpu", variant=None, config=None)
         vocab, width = sd["embeddings.token_embedding.weight"].shape
         cfg = {**SD15_TEXT, "vocab_size": vocab, "hidden_size": width, "num_hidden_layers": layers,
                "intermediate_size": sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
-               "max_position_embeddings": sd["embeddings.position_embedding.weight"].shape[0], **(config or {})}
+               "max_position_embeddings": sd["embeddings.position_embedding.weight"].shape[0]}
         return cfg, sd
     return _load(path, "text_encoder", TextEncoder, dtype, device, variant, config, single)
 

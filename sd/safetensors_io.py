@@ -39,10 +39,6 @@ class SafetensorsError(ValueError):
     """A safetensors file (or a tensor in it) is not valid; the message names the file and key."""
 
 
-def _itemsize(dtype):
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def _no_duplicates(pairs):
     out = {}
     for k, v in pairs:
@@ -90,7 +86,7 @@ def parse_header(raw, file_size, where="<bytes>"):
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1]):
             fail(f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}", key)
-        nbytes = math.prod(shape) * _itemsize(DTYPES[dtype])
+        nbytes = math.prod(shape) * DTYPES[dtype].itemsize
         if offsets[1] - offsets[0] != nbytes:
             fail(f"shape {shape} of {dtype} needs {nbytes} bytes but data_offsets {offsets} "
                  f"span {offsets[1] - offsets[0]}", key)
@@ -147,7 +143,7 @@ class SafeOpen:
             return torch.empty(shape, dtype=dtype, device=device)
         start = self._data_start + begin
         raw = torch.empty(0, dtype=torch.uint8).set_(self._storage, start, (end - begin,))
-        if start % _itemsize(dtype):            # misaligned for a zero-copy view: copy this one
+        if start % dtype.itemsize:            # misaligned for a zero-copy view: copy this one
             raw = raw.clone()
         return raw.view(dtype).reshape(shape).to(device)
 

@@ -106,10 +106,9 @@ class Tokenizer:
         parts = list(word[:-1]) + [word[-1] + "</w>"]
         while len(parts) > 1:
             pairs = [(self.ranks.get((a, b), float("inf")), k) for k, (a, b) in enumerate(zip(parts, parts[1:]))]
-            rank, _ = min(pairs)
+            rank, first = min(pairs)
             if rank == float("inf"):
                 break
-            first, second = min(pairs)[1], None
             a, b = parts[first], parts[first + 1]
             merged, k = [], 0
             while k < len(parts):                    # merge every occurrence of (a, b), left to right
