@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["sd.load_file", "safetensors.torch.load_file", "sd.load_unet", "diffusers from_pretrained"]
 
@@ -79,12 +81,12 @@ def main():
     size_mb = f.stat().st_size / 2 ** 20
     f.read_bytes()   # warm the page cache for everyone
     runs = {}
-    for _ in range(args.repeats):          # interleaved, so that drifts of the machine hit every loader
-        for read_all in (False, True):
-            for method in METHODS:
-                cmd = [sys.executable, __file__, "--dir", str(args.dir), "--worker", method] + ["--read-all"] * read_all
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
-                runs.setdefault(method + " + read all" * read_all, []).append(json.loads(out))
+    # interleaved, so that drifts of the machine hit every loader alike
+    jobs = [(read_all, method) for _ in range(args.repeats) for read_all in (False, True) for method in METHODS]
+    for read_all, method in tqdm(jobs, desc="loads"):
+        cmd = [sys.executable, __file__, "--dir", str(args.dir), "--worker", method] + ["--read-all"] * read_all
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+        runs.setdefault(method + " + read all" * read_all, []).append(json.loads(out))
     rows = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     refs = {"sd.load_file": "safetensors.torch.load_file", "sd.load_unet": "diffusers from_pretrained"}
     print(f"\nfull-size SD 1.5 UNet, fp16 safetensors: {size_mb:.0f} MiB; median of {args.repeats} runs each\n")
