@@ -22,9 +22,8 @@ from tqdm.auto import tqdm
 
 from rectflow.checks import positive_int
 
-from .euler import fused_step, guide
 from .loaders import CheckpointError, load_text_encoder, load_unet, load_vae
-from .samplers import SAMPLERS
+from .sampling import SAMPLER_NAMES, sample
 from .tokenizer import load_tokenizer
 
 
@@ -106,8 +105,8 @@ class Pipeline:
         for name, val in (("height", height), ("width", width)):
             if isinstance(val, bool) or not isinstance(val, int) or val <= 0 or val % 8:
                 raise PipelineError(f"{name} must be a positive multiple of 8, got {val!r}")
-        if sampler not in ("euler", *SAMPLERS):
-            raise PipelineError(f"unknown sampler {sampler!r}: choose euler, {', '.join(SAMPLERS)}")
+        if sampler not in SAMPLER_NAMES:
+            raise PipelineError(f"unknown sampler {sampler!r}: choose {', '.join(SAMPLER_NAMES)}")
         positive_int(steps, "steps", PipelineError)
         positive_int(batch, "batch", PipelineError)
         prompts, negatives = [p for p in prompts for _ in range(batch)], [n for n in negatives for _ in range(batch)]
@@ -140,20 +139,7 @@ class Pipeline:
             bar.update()
 
         unet, vae_decode = self.networks(compile)
-
-        def model(x, timestep):                                 # the UNet with CFG on a [neg; text] batch
-            t = torch.full((x.shape[0] * (2 if cfg else 1),), float(timestep), device=dev)
-            return unet(torch.cat([x] * 2) if cfg else x, t, context)
-
-        if sampler == "euler":
-            step, dt = fused_step(compile), 1.0 / steps
-            for i in range(steps):
-                v = model(latents, (1.0 - i / steps) * 1000.0)      # noise at 1000, data at 0
-                latents = step(latents, v, float(guidance), dt, cfg)
-                tick(i, latents)
-        else:
-            latents = SAMPLERS[sampler](lambda x, k: guide(model(x, k), float(guidance), cfg), latents, steps,
-                                        callback=tick)
+        latents = sample(unet, context, latents, steps, guidance, sampler, compile, callback=tick)
         bar.close()
         t0 = time.perf_counter()
         images = vae_decode(latents.to(next(self.vae.parameters()).dtype) / self.vae.scaling_factor)
@@ -170,9 +156,13 @@ class Pipeline:
 
 
 def default_sampler(path):
-    """"euler" unless the folder's scheduler/scheduler_config.json names an epsilon-prediction
+    """The sampler a folder asks for in rectflow.json (our exports), else
+    "euler" unless the folder's scheduler/scheduler_config.json names an epsilon-prediction
     scheduler (DDIM -> "ddim", others -> "dpm++"). InstaFlow's and 2-RF's released folders are
     SD-shaped and may carry SD's scheduler config: pass the sampler explicitly for them."""
+    marker = Path(path) / "rectflow.json"                  # written by `python -m sd.reflow export`
+    if marker.exists():
+        return json.loads(marker.read_text()).get("sampler", "euler")
     f = Path(path) / "scheduler" / "scheduler_config.json"
     if not f.exists():
         return "euler"
