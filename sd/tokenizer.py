@@ -90,6 +90,17 @@ class Tokenizer:
         return cls(vocab, merges, pad_token, max_length)
 
     @classmethod
+    def from_tokenizer_json(cls, path, pad_token=EOS, max_length=77):
+        """The single-file format of the `tokenizers` library (what transformers 5 saves): the BPE
+        model's vocabulary and merges (as "a b" strings or [a, b] pairs), special tokens included."""
+        model = json.loads(Path(path).read_text(encoding="utf-8")).get("model", {})
+        if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+            raise TokenizerError(f"{path}: not a CLIP BPE tokenizer (model type {model.get('type')!r}, "
+                                 f"end_of_word_suffix {model.get('end_of_word_suffix')!r})")
+        merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        return cls(model["vocab"], merges, pad_token, max_length)
+
+    @classmethod
     def from_openai_bpe(cls, path, pad_token=EOS, max_length=77):
         """OpenAI's bpe_simple_vocab_16e6.txt.gz: the first 48,894 merges, and a vocabulary of the
         256 byte characters, the same with </w>, one token per merge, then the two special tokens."""
@@ -161,7 +172,7 @@ def openai_bpe_path():
 
 
 def load_tokenizer(path=None, max_length=77):
-    """From a model folder (tokenizer/ with vocab.json and merges.txt, pad token from its
+    """From a model folder (tokenizer/ with vocab.json and merges.txt, or tokenizer.json; pad token from its
     tokenizer_config.json or special_tokens_map.json), a tokenizer folder, OpenAI's .txt.gz, or
     (path=None) OpenAI's file from an installed CLIP package."""
     path = openai_bpe_path() if path is None else Path(path)
@@ -169,13 +180,16 @@ def load_tokenizer(path=None, max_length=77):
         raise TokenizerError(f"{path}: no such file or folder")
     if path.is_file():
         return Tokenizer.from_openai_bpe(path, max_length=max_length)
-    folder = path / "tokenizer" if (path / "tokenizer" / "vocab.json").exists() else path
-    if not (folder / "vocab.json").exists() or not (folder / "merges.txt").exists():
-        raise TokenizerError(f"{path}: no tokenizer/vocab.json and merges.txt")
+    folder = path / "tokenizer" if (path / "tokenizer").is_dir() else path
+    has_files = (folder / "vocab.json").exists() and (folder / "merges.txt").exists()
+    if not has_files and not (folder / "tokenizer.json").exists():
+        raise TokenizerError(f"{path}: no tokenizer/vocab.json and merges.txt, nor tokenizer/tokenizer.json")
     pad = EOS
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         f = folder / name
         if f.exists():
             tok = json.loads(f.read_text()).get("pad_token", pad)
             pad = tok.get("content", pad) if isinstance(tok, dict) else tok
-    return Tokenizer.from_files(folder / "vocab.json", folder / "merges.txt", pad, max_length)
+    if has_files:
+        return Tokenizer.from_files(folder / "vocab.json", folder / "merges.txt", pad, max_length)
+    return Tokenizer.from_tokenizer_json(folder / "tokenizer.json", pad, max_length)

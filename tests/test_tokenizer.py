@@ -66,6 +66,21 @@ def test_same_ids_as_the_reference_on_varied_prompts(hf_files):
     assert not bad, bad[:3]
 
 
+def test_tokenizer_json_as_transformers_5_saves_it(hf_files, tmp_path):
+    """transformers 5 writes tokenizer/tokenizer.json only (no vocab.json, merges.txt)."""
+    ref = transformers.CLIPTokenizer(str(hf_files / "vocab.json"), str(hf_files / "merges.txt"))
+    ref.save_pretrained(tmp_path / "model" / "tokenizer")
+    assert not (tmp_path / "model" / "tokenizer" / "vocab.json").exists()
+    ours = load_tokenizer(tmp_path / "model")
+    ps = prompts()
+    expected = ref(ps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    assert torch.equal(ours(ps), expected)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordPiece"}}))
+    with pytest.raises(TokenizerError, match="not a CLIP BPE tokenizer \\(model type 'WordPiece'"):
+        load_tokenizer(tmp_path / "bad")
+
+
 def test_padding_follows_the_tokenizer_config(hf_files, tmp_path):
     folder = tmp_path / "tokenizer"
     folder.mkdir()
