@@ -31,6 +31,26 @@ def eps_to_rf(x, eps, alpha, sigma):
     return x / (alpha + sigma), alpha / (alpha + sigma), x0 - eps
 
 
+def eps_velocity(eps_model, alphas_cumprod=None):
+    """The epsilon teacher as a rectified-flow velocity field v(X, t), t in [0, 1]. The point X at t
+    is the VP latent x = X (alpha + sigma) with alpha / (alpha + sigma) = t and alpha^2 + sigma^2 = 1:
+        alpha^2 = alpha_bar = t^2 / (t^2 + (1 - t)^2)   (clamped to the trained range, k in [0, 999]);
+    the UNet sees the (fractional) timestep k with alpha_bar_k = alpha^2, and
+    v = x_0_hat - eps_hat (see the module docstring)."""
+    ac = (sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).double().numpy()
+
+    def v(X, t):
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(X.shape[0]).cpu()
+        a_bar = (t ** 2 / (t ** 2 + (1 - t) ** 2)).clamp(float(ac[-1]), float(ac[0]))   # the trained range
+        alpha, sigma = a_bar.sqrt(), (1 - a_bar).sqrt()
+        k = torch.from_numpy(np.interp(a_bar.numpy(), ac[::-1], np.arange(len(ac))[::-1].astype(float)))
+        shape = (-1, *([1] * (X.ndim - 1)))
+        alpha, sigma = alpha.reshape(shape).to(X), sigma.reshape(shape).to(X)
+        x = X * (alpha + sigma)
+        return eps_to_rf(x, eps_model(x, k.to(X)), alpha, sigma)[2]
+    return v
+
+
 def ddim_timesteps(steps, n=1000, offset=1):
     ratio = n // steps
     return (np.arange(0, steps) * ratio).round()[::-1].astype(np.int64) + offset, ratio

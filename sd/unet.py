@@ -9,6 +9,7 @@ Every resnet receives the timestep embedding; every transformer attends to the t
 """
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -134,6 +135,14 @@ class UNet(nn.Module):
             ch = out
         self.conv_norm_out = nn.GroupNorm(groups, boc[0], eps)
         self.conv_out = nn.Conv2d(boc[0], c["out_channels"], 3, padding=1)
+        self.gradient_checkpointing = False
+
+    def _run(self, layer, *args):
+        """layer(*args); with gradient checkpointing on while training, its activations are not
+        kept but recomputed in the backward pass (less memory, about one more forward)."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
 
     def forward(self, x, timesteps, context):
         timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1).expand(x.shape[0])
@@ -143,21 +152,21 @@ class UNet(nn.Module):
         skips = [h]
         for block in self.down_blocks:
             for j, resnet in enumerate(block.resnets):
-                h = resnet(h, temb)
+                h = self._run(resnet, h, temb)
                 if hasattr(block, "attentions"):
-                    h = block.attentions[j](h, context)
+                    h = self._run(block.attentions[j], h, context)
                 skips.append(h)
             if hasattr(block, "downsamplers"):
                 h = block.downsamplers[0](h)
                 skips.append(h)
-        h = self.mid_block.resnets[0](h, temb)
-        h = self.mid_block.attentions[0](h, context)
-        h = self.mid_block.resnets[1](h, temb)
+        h = self._run(self.mid_block.resnets[0], h, temb)
+        h = self._run(self.mid_block.attentions[0], h, context)
+        h = self._run(self.mid_block.resnets[1], h, temb)
         for block in self.up_blocks:
             for j, resnet in enumerate(block.resnets):
-                h = resnet(torch.cat([h, skips.pop()], dim=1), temb)
+                h = self._run(resnet, torch.cat([h, skips.pop()], dim=1), temb)
                 if hasattr(block, "attentions"):
-                    h = block.attentions[j](h, context)
+                    h = self._run(block.attentions[j], h, context)
             if hasattr(block, "upsamplers"):
                 h = block.upsamplers[0](h)
         return self.conv_out(F.silu(self.conv_norm_out(h)))
