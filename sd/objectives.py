@@ -1,0 +1,73 @@
+"""The three objectives InstaFlow trains a text-conditioned UNet with (x1 = data end, x0 = noise end).
+
+eps      the teacher, trained the Stable Diffusion way (epsilon prediction on the SD schedule):
+             x_k = sqrt(alpha_bar_k) x1 + sqrt(1 - alpha_bar_k) eps,   min E|| eps - UNet(x_k, k, c) ||^2
+reflow   text-conditioned reflow on the teacher's triplets (X_0, X_1 = teacher(X_0, c), c), Eq. (1):
+             X_t = t X_1 + (1 - t) X_0,   min E|| (X_1 - X_0) - UNet(X_t, (1 - t) 1000, c) ||^2
+distill  one Euler step of size 1 from X_0 (timestep 1000) must land on X_1:
+             min E[ D(X_0 + UNet(X_0, 1000, c), X_1) ],   D = squared L2 by default (pluggable)
+
+Each objective draws its random numbers for the whole global batch at once (`draw`), from a
+generator seeded by (seed, step): any split of the batch over processes or accumulation steps then
+sees the same numbers, and a resumed run the same as an uninterrupted one.
+"""
+import importlib
+
+import torch
+
+from rectflow.distill import mse as l2
+from rectflow.flow import interpolate, sample_time, velocity_target
+
+from .samplers import sd_alphas_cumprod
+from .sampling import rf_timestep
+
+OBJECTIVES = ("eps", "reflow", "distill")
+
+
+def mse(pred, target):
+    """Squared L2 averaged over coordinates, computed in float32 (outputs may be bf16/fp16 under autocast)."""
+    return l2(pred.float(), target.float())
+
+
+def resolve_loss(name):
+    """"l2" (squared L2), or "package.module:function" for your own D(pred, target) -> scalar, e.g.
+    an LPIPS loss whose network weights you have locally (none ship with this project)."""
+    if name in (None, "l2"):
+        return mse
+    if ":" not in name:
+        raise ValueError(f"unknown loss {name!r}: use 'l2' or 'package.module:function'")
+    module, fn = name.split(":", 1)
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"loss {name!r}: cannot import {fn} from {module} ({e})") from None
+
+
+def draw(objective, n, sample_shape, generator, time_sampler="uniform"):
+    """The objective's random numbers for a batch of n: {"t"} for reflow, {"k", "eps"} for eps."""
+    if objective == "reflow":
+        return {"t": sample_time(n, time_sampler, generator=generator)}
+    if objective == "eps":
+        return {"k": torch.randint(0, 1000, (n,), generator=generator),
+                "eps": torch.randn((n, *sample_shape), generator=generator)}
+    if objective == "distill":
+        return {}
+    raise ValueError(f"unknown objective {objective!r}: choose {', '.join(OBJECTIVES)}")
+
+
+def loss(objective, unet, x0, x1, context, rand, loss_fn=mse):
+    """The objective's loss on one (micro-)batch; `rand` holds this batch's slice of `draw`."""
+    if objective == "reflow":
+        t = rand["t"].to(x1.device)
+        xt = interpolate(x0, x1, t)                                   # X_t = t X_1 + (1 - t) X_0
+        v = unet(xt, rf_timestep(t), context)                         # the timestep is (1 - t) * 1000
+        return mse(v, velocity_target(x0, x1))                        # || (X_1 - X_0) - v ||^2, Eq. (1)
+    if objective == "distill":
+        x1_hat = x0 + unet(x0, torch.full((x0.shape[0],), rf_timestep(0.0), device=x0.device), context)
+        return loss_fn(x1_hat, x1)                                    # one Euler step, dt = 1
+    if objective == "eps":
+        k, eps = rand["k"].to(x1.device), rand["eps"].to(x1.device)
+        a_bar = sd_alphas_cumprod().to(x1.device)[k].reshape(-1, *([1] * (x1.ndim - 1)))
+        xk = a_bar.sqrt() * x1 + (1 - a_bar).sqrt() * eps             # x_k = alpha x1 + sigma eps
+        return mse(unet(xk, k.float(), context), eps)                 # epsilon prediction
+    raise ValueError(f"unknown objective {objective!r}: choose {', '.join(OBJECTIVES)}")

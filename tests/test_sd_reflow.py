@@ -1,0 +1,266 @@
+"""InstaFlow training at SD scale, on a tiny SD folder saved by diffusers: triplets (resume, ranks),
+the objectives, the trainer (exact resume, accumulation, DDP on gloo), export, and the CLI's errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rectflow.flow import rf_loss
+from sd import objectives, triplets
+from sd.clip import TextEncoder
+from sd.pipeline import default_sampler, load_pipeline
+from sd.reflow import main as reflow_main
+from sd.safetensors_io import load_file
+from sd.trainer import TrainConfig, batch_indices, latest_checkpoint, train, weights
+from sd.unet import UNet
+from tests.conftest import ROOT
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+PROMPTS = ["a red circle at the top left", "a blue square", "a cat", "a green circle at the bottom right", "yellow",
+           "two dogs", "a tree on a hill", "the sea"]
+GEN = ["--steps", "2", "--guidance", "2.0", "--sampler", "euler", "--height", "16", "--width", "16",
+       "--shard-size", "2", "--batch-size", "2", "--seed", "5"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from tests.tiny_sd import tiny_sd_folder
+    return tiny_sd_folder(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="module")
+def data(folder, tmp_path_factory):
+    """A triplet folder made by the CLI from the tiny teacher."""
+    root = tmp_path_factory.mktemp("triplets")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n\n")        # blank lines are skipped
+    reflow_main(["generate", "--teacher", str(folder), "--prompts", str(root / "prompts.txt"), "--out", str(root / "t"),
+                 *GEN])
+    return root
+
+
+def cli(*args, env=ENV):
+    return subprocess.run([sys.executable, "-m", "sd.reflow", *map(str, args)], capture_output=True, text=True, env=env,
+                          cwd=ROOT)
+
+
+# ---- triplets ----------------------------------------------------------------------------------
+
+def test_triplets_are_the_teacher_samples_of_their_seeds(folder, data):
+    d, manifest = triplets.load(data / "t")
+    prompts = triplets.read_prompts(data / "prompts.txt")
+    assert d["noise"].shape == (len(prompts), 4, 8, 8) and d["ids"].shape == (len(prompts), 77)
+    assert [s["count"] for s in manifest["shards"]] == [2, 2, 2, 2]
+    pipe = load_pipeline(folder)
+    for j in (0, 5):                          # sample j = the pipeline's output for prompt j, seed 5 + j
+        out = pipe(prompts[j], steps=2, guidance=2.0, seed=5 + j, height=16, width=16, return_latents=True,
+                   progress=False)
+        assert (out.latents[0] - d["latents"][j]).abs().max() <= 1e-5
+        assert torch.equal(d["ids"][j], pipe.tokenizer(prompts[j])[0])
+
+
+def test_generate_resumes_only_missing_shards_and_ranks_split_the_work(folder, data, tmp_path):
+    ref, _ = triplets.load(data / "t")
+    out = tmp_path / "t"
+    args = ["generate", "--teacher", str(folder), "--prompts", str(data / "prompts.txt"), "--out", str(out), *GEN]
+    for rank in (1, 0):                       # two "torchrun" ranks, one after the other
+        os.environ.update(RANK=str(rank), WORLD_SIZE="2")
+        try:
+            reflow_main(args)
+        finally:
+            del os.environ["RANK"], os.environ["WORLD_SIZE"]
+        written = sorted(p.name for p in out.glob("shard-*.safetensors"))
+        assert written == (["shard-00001.safetensors", "shard-00003.safetensors"] if rank == 1 else
+                           [f"shard-0000{i}.safetensors" for i in range(4)])
+    first = (out / "shard-00000.safetensors").stat().st_mtime_ns
+    (out / "shard-00001.safetensors").unlink()                                     # lost
+    (out / "shard-00002.safetensors.tmp").write_bytes(b"half a shard")             # killed mid-write
+    (out / "shard-00002.safetensors").unlink()
+    raw = (out / "shard-00003.safetensors").read_bytes()
+    (out / "shard-00003.safetensors").write_bytes(raw[: len(raw) // 2])            # truncated
+    with pytest.raises(triplets.TripletError, match="3 of 4 shards missing or incomplete"):
+        triplets.load(out)
+    reflow_main(args)
+    assert (out / "shard-00000.safetensors").stat().st_mtime_ns == first           # complete: not redone
+    d, _ = triplets.load(out)
+    assert all(torch.equal(d[k], ref[k]) for k in ref)
+
+
+def test_generate_refuses_a_folder_of_another_run(folder, data, capsys):
+    with pytest.raises(SystemExit) as e:
+        reflow_main(["generate", "--teacher", str(folder), "--prompts", str(data / "prompts.txt"), "--out",
+                     str(data / "t"), *GEN[:2], "--guidance", "3.0", *GEN[4:]])
+    assert e.value.code == 2
+    assert "different run (guidance: 2.0 there, 3.0 now)" in capsys.readouterr().err
+
+
+# ---- objectives --------------------------------------------------------------------------------
+
+def tiny_models(seed=0):
+    """A tiny UNet (random init from `seed`) and a frozen tiny text encoder (always the same)."""
+    torch.manual_seed(0)
+    text = TextEncoder(dict(vocab_size=20, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=6))
+    torch.manual_seed(seed)
+    unet = UNet(dict(in_channels=4, out_channels=4, block_out_channels=[16, 32], layers_per_block=1,
+                     down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=2, cross_attention_dim=16,
+                     norm_num_groups=8))
+    return unet, text
+
+
+def tiny_data(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"noise": torch.randn(n, 4, 8, 8, generator=g), "latents": torch.randn(n, 4, 8, 8, generator=g) * 0.5 + 1,
+            "ids": torch.randint(0, 19, (n, 6), generator=g)}
+
+
+def test_objectives_follow_their_equations():
+    unet, text = tiny_models()
+    d = tiny_data(4)
+    ctx = text(d["ids"])
+    x0, x1 = d["noise"], d["latents"]
+    t = torch.tensor([0.1, 0.5, 0.9, 0.0])
+    with torch.no_grad():
+        ours = objectives.loss("reflow", unet, x0, x1, ctx, {"t": t})
+        ref = rf_loss(lambda x, tt, c: unet(x, (1 - tt) * 1000, c), x0, x1, ctx, t=t)   # Eq. (1), rectflow core
+        assert torch.allclose(ours, ref)
+        one = objectives.loss("distill", unet, x0, x1, ctx, {})
+        assert torch.allclose(one, (x0 + unet(x0, torch.full((4,), 1000.0), ctx) - x1).pow(2).mean())
+        k, eps = torch.tensor([0, 10, 500, 999]), torch.randn(4, 4, 8, 8)
+        sched = diffusers.DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        noisy = sched.add_noise(x1, eps, k)                                              # diffusers as the oracle
+        assert torch.allclose(objectives.loss("eps", unet, x0, x1, ctx, {"k": k, "eps": eps}),
+                              (unet(noisy, k.float(), ctx) - eps).pow(2).mean(), atol=1e-6)
+
+
+def test_loss_is_pluggable_and_bad_names_are_explained():
+    assert objectives.resolve_loss("torch.nn.functional:l1_loss") is torch.nn.functional.l1_loss
+    with pytest.raises(ValueError, match="cannot import lpips from torch"):
+        objectives.resolve_loss("torch:lpips")
+    with pytest.raises(ValueError, match="unknown loss 'lpips'"):
+        objectives.resolve_loss("lpips")
+
+
+# ---- the trainer -------------------------------------------------------------------------------
+
+def run(tmp, cfg, seed=0, on_step=None, data=None):
+    unet, text = tiny_models(seed)
+    res = train(unet, text, data or tiny_data(), cfg, tmp, torch.zeros(1, 6, dtype=torch.long), progress=False,
+                on_step=on_step)
+    return unet, res
+
+
+def test_batches_walk_through_seeded_epochs():
+    idx = torch.cat([batch_indices(s, 4, 10, 3) for s in range(5)])        # 20 positions = 2 epochs of 10
+    assert sorted(idx[:10].tolist()) == list(range(10)) and sorted(idx[10:].tolist()) == list(range(10))
+    assert not torch.equal(idx[:10], idx[10:])
+    assert torch.equal(batch_indices(3, 4, 10, 3), idx[12:16])
+
+
+@pytest.mark.parametrize("objective", ["reflow", "distill", "eps"])
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, objective):
+    cfg = TrainConfig(objective=objective, iters=6, batch_size=4, lr=1e-3, save_every=2, ema=0.9, cfg_dropout=0.3)
+    ref, ref_res = run(tmp_path / "a", cfg)
+
+    def kill(step, loss):
+        if step == 5:                                   # step 5 done, not yet saved: the work is lost
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", cfg, on_step=kill)
+    assert latest_checkpoint(tmp_path / "b").name == "step-0000004.safetensors"
+    (tmp_path / "b" / "checkpoints" / "step-0000006.safetensors.tmp").write_bytes(b"killed while writing")
+    resumed, res = run(tmp_path / "b", cfg, seed=1)     # another UNet init: the state must come from the checkpoint
+    assert len(res["losses"]) == 2 and res["losses"] == ref_res["losses"][4:]
+    for (name, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert all(torch.equal(ref_res["ema"][k], res["ema"][k]) for k in ref_res["ema"])
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("*.safetensors")) == \
+        ["step-0000004.safetensors", "step-0000006.safetensors"]       # keep=2
+
+
+def max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_accumulation_and_checkpointing_do_not_change_the_steps(tmp_path):
+    """Checkpointing recomputes the same numbers; accumulation sums the same gradients in another order
+    (Adam's normalisation turns that float noise into ~1e-5 after 3 steps of lr 1e-3, vs ~1e-2 moved)."""
+    base = dict(objective="reflow", iters=3, batch_size=4, lr=1e-3, save_every=3)
+    start = tiny_models()[0].state_dict()
+    a, _ = run(tmp_path / "a", TrainConfig(**base))
+    b, _ = run(tmp_path / "b", TrainConfig(**base, grad_checkpointing=True))
+    c, _ = run(tmp_path / "c", TrainConfig(**base, grad_accum=2))
+    assert max_diff(a.state_dict(), start) > 1e-3
+    assert max_diff(a.state_dict(), b.state_dict()) == 0 and not b.gradient_checkpointing
+    assert max_diff(a.state_dict(), c.state_dict()) < 1e-4
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path):
+    _, res = run(tmp_path, TrainConfig(objective="reflow", iters=2, batch_size=4, precision="bf16", save_every=2))
+    assert all(torch.isfinite(torch.tensor(res["losses"])))
+
+
+def test_trainer_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="batch_size 6 must be divisible by processes x grad_accum = 1 x 4"):
+        run(tmp_path / "a", TrainConfig(batch_size=6, grad_accum=4))
+    with pytest.raises(ValueError, match="precision fp16 needs a CUDA device"):
+        run(tmp_path / "b", TrainConfig(precision="fp16"))
+    run(tmp_path / "c", TrainConfig(iters=2, batch_size=4, save_every=2))
+    with pytest.raises(ValueError, match="started with lr=1e-05, now 0.001"):
+        run(tmp_path / "c", TrainConfig(iters=4, batch_size=4, save_every=2, lr=1e-3))
+    with pytest.raises(ValueError, match="objective reflow needs \\(noise, latents\\) pairs"):
+        run(tmp_path / "d", TrainConfig(), data={"latents": torch.zeros(2, 4, 8, 8), "ids": torch.zeros(2, 6).long()})
+
+
+# ---- CLI: DDP on gloo, export ------------------------------------------------------------------
+
+TRAIN = ["--iters", "3", "--batch-size", "4", "--lr", "1e-3", "--save-every", "3", "--cfg-dropout", "0.25"]
+
+
+def test_ddp_two_processes_match_one(folder, data, tmp_path):
+    one = cli("train", "--init", folder, "--data", data / "t", "--out", tmp_path / "one", *TRAIN)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "sd.reflow", "train", "--init", str(folder), "--data", str(data / "t"), "--out",
+                          str(tmp_path / "two"), *TRAIN], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "checkpoints" / "step-0000003.safetensors")
+    b = load_file(tmp_path / "two" / "checkpoints" / "step-0000003.safetensors")
+    start = load_pipeline(folder).unet.state_dict()
+    a, b = ({k[6:]: v for k, v in x.items() if k.startswith("model.")} for x in (a, b))
+    assert max_diff(a, start) > 1e-3                                    # training did change the weights
+    assert max_diff(a, b) < 1e-4                                        # the same steps, up to summation order
+
+
+def test_export_is_a_model_folder_for_us_and_diffusers(folder, data, tmp_path):
+    assert cli("train", "--init", folder, "--data", data / "t", "--out", tmp_path / "run", *TRAIN).returncode == 0
+    r = cli("export", "--run", tmp_path / "run", "--init", folder, "--out", tmp_path / "2rf")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "2rf"
+    assert default_sampler(out) == "euler" and json.loads((out / "rectflow.json").read_text())["step"] == 3
+    ema = weights(tmp_path / "run" / "checkpoints" / "step-0000003.safetensors", "ema")
+    pipe = load_pipeline(out)
+    assert all(torch.equal(v, ema[k]) for k, v in pipe.unet.state_dict().items())
+    ref = diffusers.StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([700.0]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        assert (ref.unet(x, t, c).sample - pipe.unet(x, t, c)).abs().max() <= 1e-5
+    img = pipe("a red circle", steps=2, height=16, width=16, progress=False).images
+    assert img.shape == (1, 16, 16, 3)
+
+
+def test_cli_errors_exit_2_with_one_line(folder, tmp_path):
+    r = cli("train", "--init", folder, "--data", tmp_path / "nothing", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "no manifest.json: not a triplet folder" in r.stderr
+    r = cli("export", "--run", tmp_path / "o", "--init", folder, "--out", tmp_path / "x")
+    assert r.returncode == 2 and "no checkpoint" in r.stderr
+    (tmp_path / "p.txt").write_text("\n\n")
+    r = cli("generate", "--teacher", folder, "--prompts", tmp_path / "p.txt", "--out", tmp_path / "g")
+    assert r.returncode == 2 and "no prompts (one per line)" in r.stderr
