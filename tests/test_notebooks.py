@@ -47,6 +47,10 @@ SOLUTIONS = {
          "def my_slerp(a, b, alpha):\n    th = torch.arccos((a * b).sum() / (a.norm() * b.norm()))\n"
          "    return (torch.sin((1 - alpha) * th) * a + torch.sin(alpha * th) * b) / torch.sin(th)"),
     ],
+    "06_instaflow_training.ipynb": [
+        ("def my_one_step(unet, x0, ctx):\n    # your code here\n    return None",
+         "def my_one_step(unet, x0, ctx):\n    return x0 + unet(x0, torch.full((len(x0),), 1000.0), ctx)"),
+    ],
 }
 
 

@@ -1,0 +1,234 @@
+"""Mini InstaFlow, end to end on a laptop: InstaFlow's three steps on tiny SD networks and shapes.
+
+    0. teacher   UNet + text encoder trained the Stable Diffusion way (epsilon prediction, SD schedule,
+                 CFG dropout) on captioned shapes (sd/mini/shapes.py)
+    1. triplets  (caption, X_0, X_1 = teacher's DPM-Solver++ with CFG from X_0)      sd/triplets.py
+    2. 2-RF      reflow on the triplets, initialised from the teacher's UNet (its last   objective "reflow"
+                 conv zeroed: see TrainConfig.zero_output)
+    3. student   new pairs from the 2-RF (Euler, many steps), then one-step distillation  objective "distill"
+    4. evaluate  straightness; prompt fidelity (the rule-based judge); the mean squared distance to the
+                 teacher's many-step image from the same noise; an image grid
+
+The text encoder is trained with the teacher and then frozen (SD's is frozen CLIP). Every stage goes
+through the same code as the SD-scale CLI (`python -m sd.reflow`), writes into `out`, and resumes:
+running the same command again skips what is finished.
+"""
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import matplotlib
+import torch
+
+from rectflow.metrics import straightness
+
+from .. import triplets
+from ..pipeline import noise
+from ..samplers import eps_velocity
+from ..sampling import rf_timestep, sample
+from ..trainer import TrainConfig, latest_checkpoint, train, weights
+from . import models, shapes
+
+
+@dataclass
+class MiniConfig:
+    size: int = 16
+    train_images: int = 8192
+    teacher_iters: int = 1200
+    teacher_lr: float = 5e-4
+    pairs: int = 2048              # triplets from the teacher, and pairs from the 2-RF
+    teacher_steps: int = 20        # DPM-Solver++ steps of the teacher
+    guidance: float = 3.0          # the teacher's CFG scale (the 2-RF and the student sample without CFG)
+    reflow_iters: int = 800
+    reflow_lr: float = 5e-4
+    rf_steps: int = 16             # Euler steps of the 2-RF when it makes the distillation pairs
+    distill_iters: int = 600
+    distill_lr: float = 1e-4
+    batch_size: int = 64
+    eval_samples: int = 256
+    straightness_steps: int = 16
+    seed: int = 0
+
+    def fast(self):
+        """A smoke run (about a minute): every stage, tiny numbers; the results mean nothing."""
+        return replace(self, train_images=256, teacher_iters=12, pairs=32, teacher_steps=4, reflow_iters=6,
+                       rf_steps=2, distill_iters=6, batch_size=16, eval_samples=16, straightness_steps=4)
+
+
+def context_fn(text_encoder, tok, guidance):
+    """ids -> the UNet context; [empty; text] when guidance > 1 (CFG)."""
+    empty = tok([""])
+
+    def ctx(ids):
+        c = text_encoder(ids)
+        return torch.cat([text_encoder(empty.expand(len(ids), -1)), c]) if guidance > 1 else c
+    return ctx
+
+
+def sampler_fn(unet, ctx, steps, guidance, sampler):
+    return lambda x0, ids: sample(unet, ctx(ids), x0, steps, guidance, sampler)
+
+
+def stage_train(unet, text_encoder, data, out, cfg, tok, progress):
+    result = train(unet, text_encoder, data, cfg, out, tok([""]), progress=progress)
+    if result["ema"] is not None:                        # continue from the EMA weights
+        unet.load_state_dict(result["ema"])
+    return result["losses"]
+
+
+def velocity(unet, ctx_ids, text_encoder, tok, guidance, kind):
+    """v(X, t) in rectified-flow time for straightness: the flow's UNet, or the eps teacher converted."""
+    c = context_fn(text_encoder, tok, guidance)(ctx_ids)
+    cfg = guidance > 1
+
+    def guided(x, timestep):
+        out = unet(torch.cat([x] * 2) if cfg else x, torch.cat([timestep] * 2) if cfg else timestep, c)
+        if not cfg:
+            return out
+        neg, text = out.chunk(2)
+        return neg + guidance * (text - neg)
+    if kind == "eps":
+        return eps_velocity(guided)
+    return lambda X, t: guided(X, rf_timestep(t))
+
+
+def grid(rows, captions, path):
+    """A figure: one row per model (name -> images [n, 3, S, S]), one column per caption."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(captions)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.25 * len(rows)), squeeze=False)
+    for r, (name, imgs) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(((imgs[c].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+            if r == 0:
+                ax.set_title(captions[c][2:].replace(" at the ", "\n"), fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(cfg=MiniConfig(), out="runs/mini", progress=True):
+    """All stages; returns the metrics dict (also written to out/metrics.json)."""
+    out, t_start = Path(out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    tok = models.tokenizer()
+    text_encoder, unet = models.text_encoder(tok), models.unet()
+    seconds = {}
+    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, save_every=100, ema=0.995)
+
+    # 0. the teacher: epsilon prediction on the SD schedule, CFG dropout 10%; the text encoder trains with it
+    t0 = time.time()
+    images, caps = shapes.dataset(cfg.train_images, cfg.size, cfg.seed)
+    teacher = _JointTeacher(unet, text_encoder)
+    stage_train(teacher, _Identity(), {"latents": images, "ids": tok(caps)}, out / "teacher",
+                TrainConfig(objective="eps", iters=cfg.teacher_iters, lr=cfg.teacher_lr, warmup=100,
+                            cfg_dropout=0.1, **common), tok, progress)
+    text_encoder.requires_grad_(False).eval()
+    seconds["teacher"] = time.time() - t0
+
+    # 1. triplets from the teacher
+    t0 = time.time()
+    shape = (3, cfg.size, cfg.size)
+    prompts = [shapes.CAPTIONS[k] for k in torch.randint(len(shapes.CAPTIONS), (cfg.pairs,),
+                                                         generator=torch.Generator().manual_seed(cfg.seed + 1))]
+    with torch.no_grad():
+        teach = sampler_fn(unet, context_fn(text_encoder, tok, cfg.guidance), cfg.teacher_steps, cfg.guidance, "dpm++")
+        triplets.generate(out / "triplets-teacher", prompts, tok, teach, shape,
+                          {"teacher": "mini", "sampler": "dpm++", "steps": cfg.teacher_steps, "guidance": cfg.guidance},
+                          shard_size=512, batch_size=cfg.batch_size, seed=10_000, progress=progress)
+    data, _ = triplets.load(out / "triplets-teacher")
+    seconds["triplets"] = time.time() - t0
+
+    # 2. 2-rectified flow, initialised from the teacher's UNet
+    t0 = time.time()
+    rf2 = models.unet()
+    rf2.load_state_dict(unet.state_dict())
+    stage_train(rf2, text_encoder, data, out / "2rf", TrainConfig(objective="reflow", iters=cfg.reflow_iters,
+                lr=cfg.reflow_lr, cfg_dropout=0.0, zero_output=True, **common), tok, progress)
+    seconds["reflow"] = time.time() - t0
+
+    # 3. pairs from the 2-RF, then the one-step student
+    t0 = time.time()
+    with torch.no_grad():
+        flow = sampler_fn(rf2, context_fn(text_encoder, tok, 1.0), cfg.rf_steps, 1.0, "euler")
+        triplets.generate(out / "triplets-2rf", prompts, tok, flow, shape,
+                          {"teacher": "mini 2-RF", "sampler": "euler", "steps": cfg.rf_steps, "guidance": 1.0},
+                          shard_size=512, batch_size=cfg.batch_size, seed=20_000, progress=progress)
+    pairs, _ = triplets.load(out / "triplets-2rf")
+    student = models.unet()
+    student.load_state_dict(rf2.state_dict())
+    stage_train(student, text_encoder, pairs, out / "student", TrainConfig(objective="distill",
+                iters=cfg.distill_iters, lr=cfg.distill_lr, cfg_dropout=0.0, **common), tok, progress)
+    seconds["distill"] = time.time() - t0
+
+    # 4. evaluation on held-out seeds: every caption equally often
+    t0 = time.time()
+    eval_caps = [shapes.CAPTIONS[i % len(shapes.CAPTIONS)] for i in range(cfg.eval_samples)]
+    ids = tok(eval_caps)
+    x0 = torch.cat([noise((1, *shape), 90_000 + i) for i in range(cfg.eval_samples)])
+    runs = {"teacher, {} steps".format(cfg.teacher_steps): (unet, cfg.teacher_steps, cfg.guidance, "dpm++"),
+            "teacher, 1 step": (unet, 1, cfg.guidance, "dpm++"),
+            "2-RF, 1 step": (rf2, 1, 1.0, "euler"),
+            "2-RF, 4 steps": (rf2, 4, 1.0, "euler"),
+            "distilled 2-RF, 1 step": (student, 1, 1.0, "euler")}
+    metrics, shown, reference = {"config": asdict(cfg)}, {}, None
+    with torch.no_grad():
+        for name, (net, steps, g, solver) in runs.items():
+            imgs = sample(net, context_fn(text_encoder, tok, g)(ids), x0.clone(), steps, g, solver)
+            reference = imgs if reference is None else reference     # the teacher's many-step images
+            judged = shapes.judge(imgs, eval_caps)
+            metrics[name] = {"steps": steps, "guidance": g, "sampler": solver,
+                             "fidelity": sum(r["both"] for r in judged) / len(judged),
+                             "colour": sum(r["colour"] for r in judged) / len(judged),
+                             "position": sum(r["position"] for r in judged) / len(judged),
+                             "mse_to_teacher": (imgs - reference).pow(2).mean().item()}
+            shown[name] = imgs[:8]
+        for name, net, g, kind in (("teacher", unet, cfg.guidance, "eps"), ("2-RF", rf2, 1.0, "flow")):
+            v = velocity(net, ids, text_encoder, tok, g, kind)
+            metrics.setdefault("straightness", {})[name] = straightness(v, x0, cfg.straightness_steps)
+    grid({"data": shapes.render(eval_caps[:8], cfg.size, torch.Generator().manual_seed(5)), **shown},
+         eval_caps[:8], out / "grid.png")
+    seconds["evaluate"] = time.time() - t0
+    metrics["seconds"] = {**seconds, "total": time.time() - t_start}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def load_models(out="runs/mini"):
+    """(tokenizer, text encoder, teacher UNet, 2-RF UNet, student UNet) from a finished run's checkpoints
+    (EMA weights), to look at them in a notebook."""
+    out, tok = Path(out), models.tokenizer()
+    teacher = _JointTeacher(models.unet(), models.text_encoder(tok))
+    teacher.load_state_dict(weights(latest_checkpoint(out / "teacher")))
+    nets = []
+    for stage in ("2rf", "student"):
+        nets.append(models.unet())
+        nets[-1].load_state_dict(weights(latest_checkpoint(out / stage)))
+    return tok, teacher.text_encoder.eval(), teacher.unet.eval(), *[n.eval() for n in nets]
+
+
+class _Identity(torch.nn.Module):
+    """The teacher stage hands token ids straight to _JointTeacher, which owns the text encoder."""
+
+    def forward(self, ids):
+        return ids
+
+
+class _JointTeacher(torch.nn.Module):
+    """UNet and text encoder as one trainable module: teacher(x, k, ids) = unet(x, k, text_encoder(ids)),
+    so the trainer updates both (and keeps one EMA, one checkpoint) in the teacher stage."""
+
+    def __init__(self, unet, text_encoder):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+        self.config = {"unet": unet.config, "text_encoder": text_encoder.config}
+
+    def forward(self, x, timesteps, ids):
+        return self.unet(x, timesteps, self.text_encoder(ids))

@@ -1,0 +1,67 @@
+"""The mini InstaFlow: its captions, tokenizer and judge, the eps teacher as a flow, and a --fast run."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from sd.mini import models, shapes
+from sd.samplers import eps_velocity, sd_alphas_cumprod
+from tests.conftest import ROOT
+
+
+def test_every_caption_word_is_one_token():
+    tok = models.tokenizer()
+    for c in shapes.CAPTIONS:
+        ids = tok.encode(c)
+        assert len(ids) == len(c.split()) and len(set(ids)) == len(set(c.split()))
+    assert tok(shapes.CAPTIONS[:3]).shape == (3, 16)
+
+
+def test_the_judge_accepts_the_data_and_rejects_wrong_images():
+    x, caps = shapes.dataset(256, 16, seed=1)
+    assert shapes.fidelity(x, caps) == 1.0
+    assert shapes.fidelity(torch.randn_like(x), caps) == 0.0                      # noise
+    assert shapes.fidelity(torch.full_like(x, -1.0), caps) == 0.0                # empty image
+    swap = {"red": "green", "green": "blue", "blue": "yellow", "yellow": "red"}
+    wrong_colour = [shapes.caption(swap[c], s, p) for c, s, p in map(shapes.parse, caps)]
+    assert not any(r["colour"] for r in shapes.judge(x, wrong_colour))
+    flip = {"top left": "bottom right", "top right": "bottom left", "bottom left": "top right", "bottom right": "top left"}
+    res = shapes.judge(x, [shapes.caption(c, s, flip[p]) for c, s, p in map(shapes.parse, caps)])
+    assert all(r["colour"] and not r["position"] for r in res)
+    two = torch.maximum(x, x.roll(8, dims=-1))                                    # a second shape: half the pixels wrong
+    assert shapes.fidelity(two, caps) < 0.5
+
+
+def test_the_eps_teacher_as_a_velocity_field_is_exact_for_a_point_mass():
+    """For data = one point x*, the ideal eps model is eps(x, k) = (x - alpha_k x*) / sigma_k;
+    its rectified-flow velocity must then be x* - X_0 at every t."""
+    ac = sd_alphas_cumprod()
+    g = torch.Generator().manual_seed(0)
+    x_star, x0 = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+
+    def eps_model(x, k):
+        a = torch.from_numpy(np.interp(k.numpy(), np.arange(1000), ac.numpy())).float().reshape(-1, 1)
+        return (x - a.sqrt() * x_star) / (1 - a).sqrt()
+    t = torch.tensor([0.2, 0.5, 0.95])
+    X = t[:, None] * x_star + (1 - t[:, None]) * x0
+    assert torch.allclose(eps_velocity(eps_model)(X, t), x_star - x0, atol=1e-4)
+
+
+def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "sd.mini", "--fast", "--out", str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    names = ["teacher, 4 steps", "teacher, 1 step", "2-RF, 1 step", "2-RF, 4 steps", "distilled 2-RF, 1 step"]
+    assert all(0 <= m[k]["fidelity"] <= 1 for k in names)
+    assert set(m["straightness"]) == {"teacher", "2-RF"} and all(v >= 0 for v in m["straightness"].values())
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+    assert "distilled 2-RF, 1 step" in r.stdout
+    for stage in ("teacher", "2rf", "student"):
+        assert (tmp_path / stage / "checkpoints").is_dir()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)          # every stage is reused
+    assert again.returncode == 0
+    m2 = json.loads((tmp_path / "metrics.json").read_text())
+    assert all(m2[k]["fidelity"] == m[k]["fidelity"] for k in names) and m2["straightness"] == m["straightness"]
