@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import matplotlib
 import torch
+from matplotlib.figure import Figure
 
 from rectflow.metrics import straightness
 
@@ -94,11 +94,11 @@ def velocity(unet, ctx_ids, text_encoder, tok, guidance, kind):
 
 
 def grid(rows, captions, path):
-    """A figure: one row per model (name -> images [n, 3, S, S]), one column per caption."""
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A figure: one row per model (name -> images [n, 3, S, S]), one column per caption. (matplotlib's
+    Figure directly, not pyplot: a notebook's backend stays as it is.)"""
     n = len(captions)
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.25 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(1.1 * n, 1.25 * len(rows)))
+    axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (name, imgs) in enumerate(rows.items()):
         for c in range(n):
             ax = axes[r, c]
@@ -110,7 +110,6 @@ def grid(rows, captions, path):
                 ax.set_title(captions[c][2:].replace(" at the ", "\n"), fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def run(cfg=MiniConfig(), out="runs/mini", progress=True):
