@@ -189,7 +189,9 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
                              "position": sum(r["position"] for r in judged) / len(judged),
                              "mse_to_teacher": (imgs - reference).pow(2).mean().item()}
             shown[name] = imgs[:8]
-        for name, net, g, kind in (("teacher", unet, cfg.guidance, "eps"), ("2-RF", rf2, 1.0, "flow")):
+        # the student is trained at t = 0 only: its value is the one-step model's field read as a flow
+        for name, net, g, kind in (("teacher", unet, cfg.guidance, "eps"), ("2-RF", rf2, 1.0, "flow"),
+                                   ("distilled 2-RF", student, 1.0, "flow")):
             v = velocity(net, ids, text_encoder, tok, g, kind)
             metrics.setdefault("straightness", {})[name] = straightness(v, x0, cfg.straightness_steps)
     grid({"data": shapes.render(eval_caps[:8], cfg.size, torch.Generator().manual_seed(5)), **shown},
