@@ -66,9 +66,9 @@ def _check_data(data, unet, text_encoder, where):
 def cmd_train(a):
     init = Path(a.init)
     unet, text = load_unet(init), load_text_encoder(init)
-    tok = load_tokenizer(init if init.is_dir() else None, max_length=text.config["max_position_embeddings"])
     data, _ = triplets.load(a.data)
     _check_data(data, unet, text, a.data)
+    tok = load_tokenizer(init if init.is_dir() else None, max_length=data["ids"].shape[1])   # for the empty prompt
     cfg = config_from(a)
     result = train(unet, text, data, cfg, a.out, tok([""]))
     if ranks()[0] == 0:
