@@ -23,7 +23,7 @@ from .generate import DTYPES
 from .loaders import CheckpointError, load_text_encoder, load_unet, save_unet
 from .pipeline import PipelineError, default_sampler, load_pipeline
 from .safetensors_io import SafetensorsError
-from .sampling import SAMPLER_NAMES, sample
+from .sampling import SAMPLER_NAMES, cfg_context, sample
 from .tokenizer import TokenizerError, load_tokenizer
 from .trainer import TrainConfig, config_from, latest_checkpoint, ranks, read_checkpoint, train, weights
 from .unet import UNet
@@ -41,10 +41,7 @@ def cmd_generate(a):
     negative = pipe.tokenizer([a.negative_prompt]).to(device)
 
     def sample_batch(x0, ids):
-        ids = ids.to(device)
-        ctx = pipe.text_encoder(ids)
-        if a.guidance > 1:                       # [negatives; prompts], as the pipeline
-            ctx = torch.cat([pipe.text_encoder(negative.expand(len(ids), -1)), ctx])
+        ctx = cfg_context(pipe.text_encoder, ids.to(device), negative, a.guidance)
         return sample(pipe.unet, ctx.to(pipe.dtype), x0.to(device, pipe.dtype), a.steps, a.guidance, sampler)
 
     config = {"teacher": str(a.teacher), "sampler": sampler, "steps": a.steps, "guidance": a.guidance,

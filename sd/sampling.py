@@ -19,13 +19,24 @@ def rf_timestep(t):
     return (1.0 - t) * 1000.0
 
 
+def cfg_context(text_encoder, ids, negative_ids, guidance):
+    """The UNet context of prompts `ids` [B, L]: [negatives; prompts] when guidance > 1 (CFG, negatives
+    first as the reference pipeline), else the prompts' alone. negative_ids: [1, L] or [B, L]."""
+    context = text_encoder(ids)
+    if guidance <= 1.0:
+        return context
+    return torch.cat([text_encoder(negative_ids.to(ids.device).expand(len(ids), -1)), context])
+
+
 def guided_model(unet, context, guidance):
-    """model(x, timestep) -> the guided prediction; `context` is [2B, ...] = [neg; text] when guidance > 1."""
+    """model(x, timestep) -> the guided prediction; `context` is [2B, ...] = [neg; text] when guidance > 1.
+    timestep: a number, or one per sample ([B])."""
     cfg = guidance > 1.0
 
     def model(x, timestep):
-        t = torch.full((x.shape[0] * (2 if cfg else 1),), float(timestep), device=x.device)
-        return guide(unet(torch.cat([x] * 2) if cfg else x, t, context), float(guidance), cfg)
+        t = torch.as_tensor(timestep, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
+        return guide(unet(torch.cat([x] * 2) if cfg else x, torch.cat([t] * 2) if cfg else t, context),
+                     float(guidance), cfg)
     return model
 
 

@@ -18,6 +18,7 @@ config and loss scaler in the metadata, at out/checkpoints/step-0000100.safetens
 """
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -211,9 +212,10 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
         # the teacher's weights as they are, the mini 2-RF settled at v = E[X_1] and stayed there (loss 0.92
         # after 800 steps); with the last conv zeroed (all other weights the teacher's) it fits (0.025 in 150).
         with torch.no_grad():
-            unet.conv_out.weight.zero_(), unet.conv_out.bias.zero_()
-            if ema is not None:
-                ema["conv_out.weight"].zero_(), ema["conv_out.bias"].zero_()
+            for name in ("conv_out.weight", "conv_out.bias"):
+                unet.get_parameter(name).zero_()
+                if ema is not None:
+                    ema[name].zero_()
     amp = dict(device_type=device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
                enabled=cfg.precision != "fp32")
     local, micro = cfg.batch_size // world, cfg.batch_size // world // cfg.grad_accum
@@ -237,7 +239,7 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
             with torch.no_grad():
                 context = text_encoder(ids)
             sync = m == cfg.grad_accum - 1 or world == 1
-            with (model.no_sync() if not sync else torch.enable_grad()), torch.autocast(**amp):
+            with (nullcontext() if sync else model.no_sync()), torch.autocast(**amp):   # DDP: all-reduce once
                 loss = objectives.loss(cfg.objective, model, x0, x1, context,
                                        {k: v[sl] for k, v in rand.items()}, loss_fn) / cfg.grad_accum
                 scaler.scale(loss).backward()

@@ -264,3 +264,12 @@ def test_cli_errors_exit_2_with_one_line(folder, tmp_path):
     (tmp_path / "p.txt").write_text("\n\n")
     r = cli("generate", "--teacher", folder, "--prompts", tmp_path / "p.txt", "--out", tmp_path / "g")
     assert r.returncode == 2 and "no prompts (one per line)" in r.stderr
+
+
+def test_zero_output_starts_from_v_equal_zero_and_keeps_the_rest(tmp_path):
+    start = tiny_models()[0].state_dict()
+    unet, res = run(tmp_path, TrainConfig(iters=1, batch_size=4, lr=0.0, save_every=1, zero_output=True))
+    after = unet.state_dict()
+    assert after["conv_out.weight"].abs().max() == 0 and after["conv_out.bias"].abs().max() == 0
+    assert res["ema"]["conv_out.weight"].abs().max() == 0
+    assert all(torch.equal(after[k], v) for k, v in start.items() if not k.startswith("conv_out."))

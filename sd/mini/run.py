@@ -26,7 +26,7 @@ from rectflow.metrics import straightness
 from .. import triplets
 from ..pipeline import noise
 from ..samplers import eps_velocity
-from ..sampling import rf_timestep, sample
+from ..sampling import cfg_context, guided_model, rf_timestep, sample
 from ..trainer import TrainConfig, latest_checkpoint, train, weights
 from . import models, shapes
 
@@ -59,11 +59,7 @@ class MiniConfig:
 def context_fn(text_encoder, tok, guidance):
     """ids -> the UNet context; [empty; text] when guidance > 1 (CFG)."""
     empty = tok([""])
-
-    def ctx(ids):
-        c = text_encoder(ids)
-        return torch.cat([text_encoder(empty.expand(len(ids), -1)), c]) if guidance > 1 else c
-    return ctx
+    return lambda ids: cfg_context(text_encoder, ids, empty, guidance)
 
 
 def sampler_fn(unet, ctx, steps, guidance, sampler):
@@ -79,15 +75,7 @@ def stage_train(unet, text_encoder, data, out, cfg, tok, progress):
 
 def velocity(unet, ctx_ids, text_encoder, tok, guidance, kind):
     """v(X, t) in rectified-flow time for straightness: the flow's UNet, or the eps teacher converted."""
-    c = context_fn(text_encoder, tok, guidance)(ctx_ids)
-    cfg = guidance > 1
-
-    def guided(x, timestep):
-        out = unet(torch.cat([x] * 2) if cfg else x, torch.cat([timestep] * 2) if cfg else timestep, c)
-        if not cfg:
-            return out
-        neg, text = out.chunk(2)
-        return neg + guidance * (text - neg)
+    guided = guided_model(unet, context_fn(text_encoder, tok, guidance)(ctx_ids), guidance)
     if kind == "eps":
         return eps_velocity(guided)
     return lambda X, t: guided(X, rf_timestep(t))
