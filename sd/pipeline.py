@@ -31,6 +31,12 @@ class PipelineError(ValueError):
     """Bad arguments to the pipeline (sizes, steps, prompt counts)."""
 
 
+def check_size(name, value, multiple):
+    """An image side must be a positive multiple of `multiple` (the VAE's factor, 8 for SD)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
+        raise PipelineError(f"{name} must be a positive multiple of {multiple}, got {value!r}")
+
+
 def noise(shape, seed):
     """The project's seed convention: float32 normal noise from a seeded CPU generator."""
     return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
@@ -103,8 +109,7 @@ class Pipeline:
         if len(negatives) != len(prompts):
             raise PipelineError(f"{len(prompts)} prompt(s) but {len(negatives)} negative prompt(s): give one per prompt")
         for name, val in (("height", height), ("width", width)):
-            if isinstance(val, bool) or not isinstance(val, int) or val <= 0 or val % 8:
-                raise PipelineError(f"{name} must be a positive multiple of 8, got {val!r}")
+            check_size(name, val, 8)
         if sampler not in SAMPLER_NAMES:
             raise PipelineError(f"unknown sampler {sampler!r}: choose {', '.join(SAMPLER_NAMES)}")
         positive_int(steps, "steps", PipelineError)

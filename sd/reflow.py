@@ -21,12 +21,13 @@ import torch
 from . import triplets
 from .generate import DTYPES
 from .loaders import CheckpointError, load_text_encoder, load_unet, save_unet
-from .pipeline import PipelineError, default_sampler, load_pipeline
+from .pipeline import PipelineError, check_size, default_sampler, load_pipeline
 from .safetensors_io import SafetensorsError
 from .sampling import SAMPLER_NAMES, cfg_context, sample
 from .tokenizer import TokenizerError, load_tokenizer
-from .trainer import TrainConfig, config_from, latest_checkpoint, ranks, read_checkpoint, train, weights
+from .trainer import TrainConfig, config_from, latest_checkpoint, ranks, read_checkpoint, select_weights, train
 from .unet import UNet
+
 
 def cmd_generate(a):
     rank, world, device = ranks()
@@ -35,8 +36,7 @@ def cmd_generate(a):
     pipe = load_pipeline(a.teacher, dtype=DTYPES[a.dtype], device=device)
     sampler = a.sampler or default_sampler(a.teacher)
     for name in ("height", "width"):
-        if getattr(a, name) % pipe.vae_factor or getattr(a, name) <= 0:
-            raise PipelineError(f"--{name} must be a positive multiple of {pipe.vae_factor}, got {getattr(a, name)}")
+        check_size(f"--{name}", getattr(a, name), pipe.vae_factor)
     shape = pipe.latent_shape(1, a.height, a.width)[1:]
     negative = pipe.tokenizer([a.negative_prompt]).to(device)
 
@@ -80,12 +80,12 @@ def cmd_export(a):
     ckpt = Path(a.checkpoint) if a.checkpoint else latest_checkpoint(a.run)
     if ckpt is None or not ckpt.exists():
         raise CheckpointError(f"{a.checkpoint or a.run}: no checkpoint (a training --out folder, or a step-*.safetensors)")
-    _, meta = read_checkpoint(ckpt)
+    tensors, meta = read_checkpoint(ckpt)
     init, out = Path(a.init), Path(a.out)
     if not init.is_dir():
         raise CheckpointError(f"{init}: export needs a model folder (vae/, text_encoder/, tokenizer/) to copy from")
     unet = UNet(meta["unet_config"])                     # the architecture is recorded in the checkpoint
-    unet.load_state_dict(weights(ckpt, a.weights))
+    unet.load_state_dict(select_weights(tensors, a.weights))
     out.mkdir(parents=True, exist_ok=True)
     save_unet(unet, out, DTYPES[a.dtype])
     for part in ("vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor"):

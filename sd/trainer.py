@@ -16,6 +16,7 @@ sets RANK / WORLD_SIZE / LOCAL_RANK; PyTorch's DistributedDataParallel does the 
 Checkpoints are our safetensors files (no pickle): model.*, ema.*, adam.* tensors and the step,
 config and loss scaler in the metadata, at out/checkpoints/step-0000100.safetensors.
 """
+import functools
 import json
 import os
 from contextlib import nullcontext
@@ -91,12 +92,18 @@ def distributed():
     return rank, world, device
 
 
+@functools.lru_cache(maxsize=2)
+def epoch_permutation(n, seed, epoch):
+    """The seeded order of the n samples in one epoch (kept: every step of the epoch reads it)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
 def batch_indices(step, batch_size, n, seed):
     """Indices of the global batch of `step`: consecutive positions of one seeded permutation per epoch."""
     pos = torch.arange(step * batch_size, (step + 1) * batch_size)
     out = torch.empty_like(pos)
     for epoch in pos.div(n, rounding_mode="floor").unique().tolist():
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        perm = epoch_permutation(n, seed, epoch)
         sel = pos // n == epoch
         out[sel] = perm[pos[sel] % n]
     return out
@@ -149,11 +156,15 @@ def read_checkpoint(path):
     return {k: f.get_tensor(k) for k in f.keys()}, meta
 
 
-def weights(path, which="ema"):
-    """The UNet weights in a checkpoint: the EMA (if it has one) or the raw model."""
-    tensors, _ = read_checkpoint(path)
+def select_weights(tensors, which="ema"):
+    """The UNet weights among a checkpoint's tensors: the EMA (if it has one) or the raw model."""
     prefix = "ema." if which == "ema" and any(k.startswith("ema.") for k in tensors) else "model."
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def weights(path, which="ema"):
+    """select_weights of the checkpoint file at `path`."""
+    return select_weights(read_checkpoint(path)[0], which)
 
 
 def resume(path, cfg, unet, ema, opt, scaler):
@@ -163,7 +174,7 @@ def resume(path, cfg, unet, ema, opt, scaler):
         if meta["config"].get(k) != getattr(cfg, k):
             raise ValueError(f"{path}: the run was started with {k}={meta['config'].get(k)!r}, now {getattr(cfg, k)!r}; "
                              f"keep it to resume, or write to another --out")
-    unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    unet.load_state_dict(select_weights(tensors, "model"))
     if ema is not None:
         for k in ema:
             ema[k].copy_(tensors[f"ema.{k}"])
@@ -263,7 +274,7 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
         done = step + 1
         if done % cfg.save_every == 0 or done == cfg.iters:
             if rank == 0:
-                path = save_checkpoint(out, done, unet, ema, opt, scaler, cfg, cfg.keep)
+                save_checkpoint(out, done, unet, ema, opt, scaler, cfg, cfg.keep)
             if world > 1:
                 dist.barrier()
             path = checkpoint_path(out, done)
