@@ -71,11 +71,15 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 conv."""
+    """Nearest-neighbour x2 (or to `size`), then a 3x3 conv. The UNet passes the size of the skip
+    connection it joins next, so a side that was odd before a stride-2 conv (17 -> 9) comes back at
+    its own size (9 -> 17, not 18), as diffusers does; for even sides the two are the same."""
 
     def __init__(self, ch):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x, size=None):
+        up = F.interpolate(x, scale_factor=2.0, mode="nearest") if size is None else \
+            F.interpolate(x, size=size, mode="nearest")
+        return self.conv(up)

@@ -167,6 +167,6 @@ class UNet(nn.Module):
                 h = self._run(resnet, torch.cat([h, skips.pop()], dim=1), temb)
                 if hasattr(block, "attentions"):
                     h = self._run(block.attentions[j], h, context)
-            if hasattr(block, "upsamplers"):
-                h = block.upsamplers[0](h)
+            if hasattr(block, "upsamplers"):             # back to the size of the next skip (odd sides too)
+                h = block.upsamplers[0](h, skips[-1].shape[-2:])
         return self.conv_out(F.silu(self.conv_norm_out(h)))

@@ -20,6 +20,9 @@ UNET3_CFG = dict(block_out_channels=[32, 32, 64], layers_per_block=1,
                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
                  up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=2,
                  cross_attention_dim=24, norm_num_groups=8, sample_size=16)
+UNET4_CFG = dict(block_out_channels=[16, 16, 32, 32], layers_per_block=2, attention_head_dim=2, cross_attention_dim=24,
+                 down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, norm_num_groups=8)   # SD 1.5's layout
 VAE_CFG = dict(block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8, latent_channels=4,
                down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
 
@@ -65,6 +68,28 @@ def test_unet_from_a_diffusers_folder(tmp_path, cfg):
     x, t, c = unet_inputs(cfg)
     with torch.no_grad():
         assert max_diff(ours(x, t, c), ref(x, t, c).sample) <= TOL
+
+
+@pytest.mark.parametrize("cfg,hw", [(UNET3_CFG, (9, 13)), (UNET4_CFG, (65, 33))], ids=["3-level", "SD-1.5-layout"])
+def test_unet_at_latent_sides_that_are_odd_at_every_level(cfg, hw):
+    """Sides that are multiples of 8 pixels but not of 64 (SD 1.5 at 520x264 px = 65x33 latents:
+    65 -> 33 -> 17 -> 9): each upsampler must return to its skip connection's size, as diffusers does."""
+    ref = ref_unet(cfg)
+    ours = load_unet_from(ref)
+    g = torch.Generator().manual_seed(7)
+    x, c = torch.randn(2, 4, *hw, generator=g), torch.randn(2, 5, cfg["cross_attention_dim"], generator=g)
+    t = torch.tensor([999.0, 250.0])
+    with torch.no_grad():
+        out = ours(x, t, c)
+        assert out.shape == x.shape and max_diff(out, ref(x, t, c).sample) <= TOL
+
+
+def load_unet_from(ref):
+    """Our UNet with the weights of a diffusers one (same names, same config)."""
+    from sd.unet import UNet
+    ours = UNet(dict(ref.config))
+    ours.load_state_dict(ref.state_dict())
+    return ours.eval()
 
 
 def test_unet_fp16_variant_and_legacy_bin(tmp_path):
