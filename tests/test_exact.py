@@ -21,8 +21,10 @@ def test_exact_field_transports_the_paper_pair_and_minimises_eq1():
     v = mixture_velocity(PAPER_MEANS0, PAPER_MEANS1, VAR)
     g = torch.Generator().manual_seed(1)
     z, target = ds.sample0(1024, g, qmc=True), ds.sample1(1024, g, qmc=True)
-    assert rf.w2(rf.euler(v, z, 100), target) < 1.2          # the README quotes ~0.9
-    assert rf.w2(rf.euler(v, z, 1), target) > 5               # and it is curved
+    w100, w1 = rf.w2(rf.euler(v, z, 100), target), rf.w2(rf.euler(v, z, 1), target)
+    print(f"exact 1-RF field: W2 = {w100:.4f} at 100 Euler steps, {w1:.3f} at 1")
+    assert 0.935 <= w100 < 0.945                               # the README's "W2 = 0.94 at 100 steps"
+    assert w1 > 5                                             # and it is curved
     # Eq. (1) is minimised by E[X_1 - X_0 | X_t]: no other model does better on a large batch.
     gen = torch.Generator().manual_seed(2)
     x0, x1 = ds.sample0(20000, gen), ds.sample1(20000, gen)
