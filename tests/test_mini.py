@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -52,21 +53,39 @@ def test_the_eps_teacher_as_a_velocity_field_is_exact_for_a_point_mass():
 
 
 def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
+    from sd.mini.run import MiniConfig
+    from sd.trainer import latest_checkpoint
     cmd = [sys.executable, "-m", "sd.mini", "--fast", "--out", str(tmp_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
+    fast = MiniConfig().fast()
+    assert m["config"] == json.loads(json.dumps(asdict(fast)))
     names = ["teacher, 4 steps", "teacher, 1 step", "2-RF, 1 step", "2-RF, 4 steps", "distilled 2-RF, 1 step"]
-    assert all(0 <= m[k]["fidelity"] <= 1 for k in names)
-    assert set(m["straightness"]) == {"teacher", "2-RF", "distilled 2-RF"} and all(v >= 0 for v in m["straightness"].values())
+    assert list(m)[1:6] == names and m["teacher, 4 steps"]["mse_to_teacher"] == 0        # the reference itself
+    for k in names:                   # fidelity = colour and position both right: a count over 16 samples
+        f = m[k]["fidelity"]
+        assert f * fast.eval_samples == round(f * fast.eval_samples) and f <= min(m[k]["colour"], m[k]["position"])
+        assert (k == "teacher, 4 steps") == (m[k]["mse_to_teacher"] == 0)
+    assert set(m["straightness"]) == {"teacher", "2-RF", "distilled 2-RF"} and all(v > 0 for v in m["straightness"].values())
     assert (tmp_path / "grid.png").stat().st_size > 1000
     assert "distilled 2-RF, 1 step" in r.stdout
-    for stage in ("teacher", "2rf", "student"):
-        assert (tmp_path / stage / "checkpoints").is_dir()
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)          # every stage is reused
+    for stage, iters in (("teacher", fast.teacher_iters), ("2rf", fast.reflow_iters), ("student", fast.distill_iters)):
+        assert latest_checkpoint(tmp_path / stage).name == f"step-{iters:07d}.safetensors"   # every step ran
+    for folder in ("triplets-teacher", "triplets-2rf"):
+        shards = json.loads((tmp_path / folder / "manifest.json").read_text())["shards"]
+        assert sum(s["count"] for s in shards) == fast.pairs
+    # a rerun reuses every finished stage: no checkpoint or shard is written again (every stage is
+    # seeded, so equal metrics alone would not show it)
+    kept = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".png"
+            and p.name != "metrics.json"}
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0
+    now = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".png"
+           and p.name != "metrics.json"}
+    assert now == kept and len(kept) == 7          # 3 checkpoints, 2 manifests, 2 shards
     m2 = json.loads((tmp_path / "metrics.json").read_text())
-    assert all(m2[k]["fidelity"] == m[k]["fidelity"] for k in names) and m2["straightness"] == m["straightness"]
+    assert all(m2[k] == m[k] for k in names) and m2["straightness"] == m["straightness"]
 
 
 @pytest.mark.skipif(not os.environ.get("RECTFLOW_SLOW"), reason="the default run takes ~22 min on 2 cores: RECTFLOW_SLOW=1")
