@@ -1,11 +1,15 @@
 import json
 import random
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from sd.safetensors_io import DTYPES, SafeOpen, SafetensorsError, load_file, parse_header, save_file
+from tests.conftest import ROOT
 
 st = pytest.importorskip("safetensors.torch")    # the reference implementation, as an oracle
 
@@ -137,27 +141,49 @@ def _mutations(rng, base):
     return struct.pack("<Q", len(raw)) + raw + base[8 + n:]
 
 
-def test_fuzz_never_crashes_hangs_or_allocates(tmp_path):
-    """10,000 seeded mutations: each file loads (and then equals the reference's reading of it)
-    or raises SafetensorsError; nothing else."""
-    base_path = tmp_path / "base.safetensors"
+def fuzz(folder, cases=10_000):
+    """Load `cases` seeded mutations of a small file: each must load (and then equal the reference's
+    reading of it) or raise SafetensorsError. Returns the outcomes, the slowest case's seconds and the
+    growth of the process's peak RSS over the loop (MiB)."""
+    import resource
+    import time
+    folder = Path(folder)
     save_file({"w": torch.randn(4, 3), "b": torch.arange(3, dtype=torch.int16), "h": torch.randn(5).half()},
-              base_path, metadata={"k": "v"})
-    base = base_path.read_bytes()
+              folder / "base.safetensors", metadata={"k": "v"})
+    base = (folder / "base.safetensors").read_bytes()
+    assert_same(load_file(folder / "base.safetensors"), st.load_file(folder / "base.safetensors"))   # warm both
     rng = random.Random(1234)
-    path = tmp_path / "fuzz.safetensors"
-    outcomes = {"ok": 0, "error": 0}
-    for _ in range(10_000):
+    path = folder / "fuzz.safetensors"
+    out = {"ok": 0, "error": 0, "slowest_s": 0.0}
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(cases):
         path.write_bytes(_mutations(rng, base))
+        t0 = time.perf_counter()
         try:
             ours = load_file(path)
+            out["ok"] += 1
         except SafetensorsError:
-            outcomes["error"] += 1
+            out["error"] += 1
+            ours = None
+        out["slowest_s"] = max(out["slowest_s"], time.perf_counter() - t0)
+        if ours is None:
             continue
-        outcomes["ok"] += 1
         try:
             ref = st.load_file(path)
         except Exception:
             continue        # the reference may be stricter; what we accept must still be coherent
         assert_same(ours, ref)
-    assert outcomes["error"] > 5000 and outcomes["ok"] > 10, outcomes   # both branches exercised
+    out["rss_growth_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024   # Linux: KiB
+    return out
+
+
+def test_fuzz_never_crashes_hangs_or_allocates(tmp_path):
+    """10,000 seeded mutations in a fresh process (so that its peak RSS is this loop's own): no crash,
+    no case slower than 1 s (a hang; a case takes about 0.1 ms), and the peak memory grows by less than
+    16 MiB (a reader that believed a lying header's sizes would allocate GiBs)."""
+    code = f"import json; from tests.test_safetensors import fuzz; print(json.dumps(fuzz({str(tmp_path)!r})))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["error"] > 5000 and out["ok"] > 10, out       # both branches exercised
+    assert out["slowest_s"] < 1.0 and out["rss_growth_mib"] < 16, out
