@@ -42,7 +42,7 @@ def save_png(array, path):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sd.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path, help="diffusers model folder or single checkpoint file")
+    p.add_argument("--model", required=True, type=Path, help="diffusers model folder, single checkpoint file, or a model id (owner/name) in the local Hugging Face cache")
     p.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
     p.add_argument("--negative-prompt", action="append", help="one per --prompt")
     p.add_argument("--steps", type=int, default=1)
@@ -64,7 +64,7 @@ def main(argv=None):
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise PipelineError(f"--device {args.device}: CUDA is not available")
         pipe = load_pipeline(args.model, dtype=DTYPES[args.dtype], device=dev)
-        sampler = default_sampler(args.model) if args.sampler == "auto" else args.sampler
+        sampler = default_sampler(pipe.path) if args.sampler == "auto" else args.sampler
         out = pipe(args.prompt, args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
                    height=args.height, width=args.width, batch=args.batch, compile=args.compile, sampler=sampler)
     except (PipelineError, CheckpointError, SafetensorsError, TokenizerError, RuntimeError) as e:

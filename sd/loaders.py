@@ -4,6 +4,7 @@
     save_unet(unet, folder): a diffusers `unet/` folder (config.json + safetensors)
 
 `path` is a model folder (with unet/, vae/, text_encoder/), a component folder (with config.json),
+a model id ("owner/name") downloaded into the local Hugging Face cache (sd/hub.py),
 or one .safetensors/.ckpt file in the original LDM layout (model.diffusion_model.*,
 first_stage_model.*, cond_stage_model.transformer.*). Models are built on the meta device and take
 the checkpoint's tensors as they are (views of the memory-mapped file), so loading does not hold two
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .clip import SD15_TEXT, TextEncoder
+from .hub import ModelNotFound, resolve_model
 from .safetensors_io import load_file, save_file
 from .unet import SD15_UNET, UNet
 from .vae import SD15_VAE, VAE
@@ -60,11 +62,17 @@ def _component_files(folder, stem, variant):
     raise CheckpointError(f"{folder}: no weights file {stem}{suffixes[0]} (or {', '.join(suffixes[1:])})")
 
 
+def locate(path):
+    """A local file or folder, or a model id ("owner/name") found in the Hugging Face cache (sd/hub.py)."""
+    try:
+        return resolve_model(path)
+    except ModelNotFound as e:
+        raise CheckpointError(str(e)) from None
+
+
 def _resolve(path, component):
     """-> ("folder", component folder) or ("file", checkpoint file), with clear errors."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
+    path = locate(path)
     if path.is_file():
         return "file", path
     if (path / component / "config.json").exists():

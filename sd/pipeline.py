@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from rectflow.checks import positive_int
 
-from .loaders import CheckpointError, load_text_encoder, load_unet, load_vae
+from .loaders import locate, load_text_encoder, load_unet, load_vae
 from .sampling import SAMPLER_NAMES, sample
 from .tokenizer import load_tokenizer
 
@@ -71,6 +71,7 @@ class Pipeline:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.vae_factor = 2 ** (len(vae.config["block_out_channels"]) - 1)   # 8 for SD: 512 px <-> 64 latents
         self._compiled = None
+        self.path = None                                   # the folder or file it was loaded from
 
     def networks(self, compile):
         """(unet, vae_decode): eager, or compiled once with torch.compile (fullgraph). On CUDA the
@@ -178,16 +179,17 @@ def default_sampler(path):
 
 
 def load_pipeline(path, dtype=None, device="cpu", variant=None, config=None):
-    """A Pipeline from a diffusers model folder or a single SD 1.x checkpoint file (whose tokenizer
+    """A Pipeline from a diffusers model folder, a model id in the local Hugging Face cache
+    ("XCLiu/instaflow_0_9B_from_sd_1_5" after `huggingface-cli download`), or a single SD 1.x checkpoint file (whose tokenizer
     then comes from OpenAI's vocabulary file, see sd.tokenizer.load_tokenizer). `config` may hold
     overrides per component, {"unet": {...}, "vae": {...}, "text_encoder": {...}}."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
+    path = locate(path)                                    # a path, or an "owner/name" id in the HF cache
     config = config or {}
     kw = dict(dtype=dtype, device=device, variant=variant)
     unet = load_unet(path, config=config.get("unet"), **kw)
     vae = load_vae(path, config=config.get("vae"), **kw)
     text = load_text_encoder(path, config=config.get("text_encoder"), **kw)
     tokenizer = load_tokenizer(path if path.is_dir() else None)
-    return Pipeline(unet, vae, text, tokenizer)
+    pipe = Pipeline(unet, vae, text, tokenizer)
+    pipe.path = path
+    return pipe

@@ -20,7 +20,7 @@ import torch
 
 from . import triplets
 from .generate import DTYPES
-from .loaders import CheckpointError, load_text_encoder, load_unet, save_unet
+from .loaders import CheckpointError, load_text_encoder, load_unet, locate, save_unet
 from .pipeline import PipelineError, check_size, default_sampler, load_pipeline
 from .safetensors_io import SafetensorsError
 from .sampling import SAMPLER_NAMES, cfg_context, sample
@@ -34,7 +34,7 @@ def cmd_generate(a):
     if a.device:
         device = torch.device(a.device)
     pipe = load_pipeline(a.teacher, dtype=DTYPES[a.dtype], device=device)
-    sampler = a.sampler or default_sampler(a.teacher)
+    sampler = a.sampler or default_sampler(pipe.path)
     for name in ("height", "width"):
         check_size(f"--{name}", getattr(a, name), pipe.vae_factor)
     shape = pipe.latent_shape(1, a.height, a.width)[1:]
@@ -61,7 +61,7 @@ def _check_data(data, unet, text_encoder, where):
 
 
 def cmd_train(a):
-    init = Path(a.init)
+    init = locate(a.init)
     unet, text = load_unet(init), load_text_encoder(init)
     data, _ = triplets.load(a.data)
     _check_data(data, unet, text, a.data)
@@ -81,7 +81,7 @@ def cmd_export(a):
     if ckpt is None or not ckpt.exists():
         raise CheckpointError(f"{a.checkpoint or a.run}: no checkpoint (a training --out folder, or a step-*.safetensors)")
     tensors, meta = read_checkpoint(ckpt)
-    init, out = Path(a.init), Path(a.out)
+    init, out = locate(a.init), Path(a.out)
     if not init.is_dir():
         raise CheckpointError(f"{init}: export needs a model folder (vae/, text_encoder/, tokenizer/) to copy from")
     unet = UNet(meta["unet_config"])                     # the architecture is recorded in the checkpoint
