@@ -98,8 +98,11 @@ def _check_keys(model, sd, where):
 
 
 def _build(cls, config, sd, where, dtype, device):
-    with torch.device("meta"):
-        model = cls(config)
+    try:
+        with torch.device("meta"):
+            model = cls(config)
+    except ValueError as e:                      # a config the model cannot build, fields named
+        raise CheckpointError(f"{where}: {e}") from None
     _check_keys(model, sd, where)
     model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()

@@ -173,6 +173,9 @@ def default_sampler(path):
     if not f.exists():
         return "euler"
     cfg = json.loads(f.read_text())
+    if cfg.get("prediction_type") == "v_prediction":
+        raise PipelineError(f"{f}: a v-prediction model (SD 2.x 768-v?): not supported; the samplers here take "
+                            f"epsilon-prediction teachers (ddim, dpm++) and rectified flows (euler)")
     if cfg.get("prediction_type", "epsilon") != "epsilon" or "FlowMatch" in cfg.get("_class_name", ""):
         return "euler"
     return "ddim" if cfg.get("_class_name") == "DDIMScheduler" else "dpm++"

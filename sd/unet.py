@@ -24,6 +24,36 @@ SD15_UNET = dict(
 )
 
 
+# diffusers config fields whose other values change the architecture in ways this UNet does not build
+# (SDXL's added embeddings, several transformer layers per block, class conditioning, ...): a config
+# that sets one of them is refused with its name rather than loaded wrong.
+FIXED_FIELDS = dict(
+    center_input_sample=False, flip_sin_to_cos=True, freq_shift=0, mid_block_type="UNetMidBlock2DCrossAttn",
+    only_cross_attention=False, downsample_padding=1, mid_block_scale_factor=1, act_fn="silu",
+    transformer_layers_per_block=1, reverse_transformer_layers_per_block=None, encoder_hid_dim=None,
+    encoder_hid_dim_type=None, dual_cross_attention=False, class_embed_type=None, addition_embed_type=None,
+    num_class_embeds=None, resnet_time_scale_shift="default", resnet_skip_time_act=False, resnet_out_scale_factor=1.0,
+    time_embedding_type="positional", time_embedding_dim=None, time_embedding_act_fn=None, timestep_post_act=None,
+    time_cond_proj_dim=None, conv_in_kernel=3, conv_out_kernel=3, attention_type="default",
+    class_embeddings_concat=False, mid_block_only_cross_attention=None, cross_attention_norm=None)
+BLOCK_TYPES = {"CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"}
+
+
+def check_config(c):
+    """Refuse configs this UNet cannot build, naming each field. Supported beyond SD 1.x: SD 2.x's
+    linear projections (use_linear_projection) and per-level head counts (a list in attention_head_dim;
+    upcast_attention is accepted and, as in diffusers' SDPA attention, changes nothing)."""
+    def same(v, want):
+        return v == want or (isinstance(v, (list, tuple)) and all(x == want for x in v))
+    bad = [f"{k}={c[k]!r} (supported: {v!r})" for k, v in FIXED_FIELDS.items() if k in c and not same(c[k], v)]
+    bad += [f"block type {t!r} (supported: {', '.join(sorted(BLOCK_TYPES))})"
+            for t in [*c["down_block_types"], *c["up_block_types"]] if t not in BLOCK_TYPES]
+    if c.get("cross_attention_dim") is not None and isinstance(c["cross_attention_dim"], (list, tuple)):
+        bad.append(f"cross_attention_dim={c['cross_attention_dim']!r} (one width for every level)")
+    if bad:
+        raise ValueError("UNet config not supported by this SD 1.x/2.x UNet: " + "; ".join(bad))
+
+
 class FeedForward(nn.Module):
     """GEGLU MLP: (h, gate) = W1 x;  W2 (h * gelu(gate)), inner width 4 dim."""
 
@@ -100,9 +130,10 @@ class UNet(nn.Module):
     def __init__(self, config=None):
         super().__init__()
         c = {**SD15_UNET, **(config or {})}
+        check_config(c)
         self.config = c
         boc, n, groups, eps = list(c["block_out_channels"]), c["layers_per_block"], c["norm_num_groups"], c["norm_eps"]
-        heads = c["attention_head_dim"]   # in SD 1.x configs this field holds the number of heads
+        heads = c.get("num_attention_heads") or c["attention_head_dim"]   # in SD configs attention_head_dim holds the number of heads
         heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(boc)
         ctx, lin, temb = c["cross_attention_dim"], c["use_linear_projection"], 4 * boc[0]
 

@@ -13,7 +13,7 @@ from sd.clip import TextEncoder
 from sd.pipeline import default_sampler, load_pipeline
 from sd.reflow import main as reflow_main
 from sd.safetensors_io import load_file
-from sd.trainer import TrainConfig, batch_indices, latest_checkpoint, train, weights
+from sd.trainer import TrainConfig, batch_indices, latest_checkpoint, read_checkpoint, train, weights
 from sd.unet import UNet
 from tests.conftest import ROOT
 
@@ -303,3 +303,34 @@ def test_zero_output_starts_from_v_equal_zero_and_keeps_the_rest(tmp_path):
     assert after["conv_out.weight"].abs().max() == 0 and after["conv_out.bias"].abs().max() == 0
     assert res["ema"]["conv_out.weight"].abs().max() == 0
     assert all(torch.equal(after[k], v) for k, v in start.items() if not k.startswith("conv_out."))
+
+
+def test_distill_with_a_loss_from_a_module(folder, data, tmp_path):
+    """`--loss torch.nn.functional:l1_loss`: the first step's loss is the L1 distance of one Euler step
+    from X_0 to X_1 over the whole data (batch = all 8 samples, no CFG dropout), written out here."""
+    r = cli("distill", "--init", folder, "--data", data / "t", "--out", tmp_path / "s", "--iters", "1", "--batch-size",
+            "8", "--cfg-dropout", "0", "--loss", "torch.nn.functional:l1_loss")
+    assert r.returncode == 0, r.stderr[-2000:]
+    d, _ = triplets.load(data / "t")
+    pipe = load_pipeline(folder)
+    with torch.no_grad():
+        v = pipe.unet(d["noise"], torch.full((8,), 1000.0), pipe.text_encoder(d["ids"]))
+        expected = (d["noise"] + v - d["latents"]).abs().mean().item()
+    reported = float(r.stdout.split("last loss ")[1].split(",")[0])
+    assert reported == pytest.approx(expected, abs=2e-5)
+    meta = read_checkpoint(tmp_path / "s" / "checkpoints" / "step-0000001.safetensors")[1]["config"]
+    assert meta["loss"] == "torch.nn.functional:l1_loss" and meta["objective"] == "distill"
+
+
+def test_export_a_checkpoint_file_raw_weights_in_fp16(folder, data, tmp_path):
+    assert cli("train", "--init", folder, "--data", data / "t", "--out", tmp_path / "run", *TRAIN).returncode == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000003.safetensors"
+    r = cli("export", "--checkpoint", ckpt, "--init", folder, "--out", tmp_path / "m", "--weights", "model",
+            "--dtype", "fp16")
+    assert r.returncode == 0, r.stderr
+    raw, ema = weights(ckpt, "model"), weights(ckpt, "ema")
+    assert max_diff(raw, ema) > 0                                       # the two choices differ
+    pipe = load_pipeline(tmp_path / "m")
+    assert pipe.unet.conv_in.weight.dtype == torch.float16
+    assert all(torch.equal(v, raw[k].half()) for k, v in pipe.unet.state_dict().items())
+    assert json.loads((tmp_path / "m" / "rectflow.json").read_text())["weights"] == "model"
