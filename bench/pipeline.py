@@ -1,89 +1,86 @@
 """InstaFlow sampling speed: the fused Euler update, and end-to-end one-step text-to-image with a
-full-size SD 1.5-shaped model (random weights) against InstaFlow's loop on diffusers modules.
+full-size SD 1.5-shaped model (random weights) against InstaFlow's loop on diffusers modules, in each
+dtype asked for; for a half dtype also the largest pixel difference of its image to the fp32 image
+(same weights, prompt and seed).
 
-    python bench/pipeline.py [--sizes 256 512] [--repeats 3] [--device cpu] [--dtype fp32] [--compile]
-    (needs requirements-dev.txt and OpenAI's vocabulary, see the README)
+    python bench/pipeline.py [--sizes 256 512] [--repeats 3] [--device cpu] [--dtypes fp32 bf16] [--compile]
+    (needs requirements-dev.txt; uses OpenAI's vocabulary when installed, see the README)
 """
 import argparse
-import json
+import copy
 import sys
-import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.models import random_sd  # noqa: E402
 from bench.timing import median_time  # noqa: E402
-from sd.clip import SD15_TEXT, TextEncoder  # noqa: E402
 from sd.euler import cfg_euler_step, fused_step  # noqa: E402
-from sd.pipeline import Pipeline  # noqa: E402
-from sd.tokenizer import load_tokenizer  # noqa: E402
-from sd.unet import SD15_UNET, UNet  # noqa: E402
-from sd.vae import SD15_VAE, VAE  # noqa: E402
+from sd.generate import DTYPES  # noqa: E402
 from tests.reference import instaflow_reference  # noqa: E402
 
 
+def cast(pipe, ref, dtype):
+    """Copies of our pipeline and of the reference modules in `dtype` (the same weights)."""
+    p = copy.copy(pipe)
+    p.unet, p.vae, p.text_encoder = (copy.deepcopy(m).to(dtype) for m in (pipe.unet, pipe.vae, pipe.text_encoder))
+    p._compiled = {}
+    r = copy.copy(ref)
+    r.unet, r.vae, r.text = (copy.deepcopy(m).to(dtype) for m in (ref.unet, ref.vae, ref.text))
+    return p, r
+
+
 def main():
-    import diffusers
-    import transformers
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", type=int, nargs="*", default=[256, 512], help="none: only the update benchmark")
     p.add_argument("--update-iters", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     p.add_argument("--compile", action="store_true", help="also time our pipeline with compile=True")
     args = p.parse_args()
-    dev, dtype = torch.device(args.device), {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{name}, {args.dtype}, torch {torch.__version__}, median of {args.repeats}\n")
+    print(f"{name}, torch {torch.__version__}, median of {args.repeats} (compiled: after one warm-up call)\n")
 
     # 1. the update alone, at SD's shape with CFG: eager (several kernels) vs torch.compile (one)
-    g = torch.Generator().manual_seed(0)
-    lat = torch.randn(1, 4, 64, 64, generator=g).to(dev, dtype)
-    v = torch.randn(2, 4, 64, 64, generator=g).to(dev, dtype)
-    fused = fused_step(compile=True)
-    n = args.update_iters
-    eager_t = median_time(lambda: [cfg_euler_step(lat, v, 7.5, 1.0, True) for _ in range(n)], args.repeats, dev) / n
-    fused_t = median_time(lambda: [fused(lat, v, 7.5, 1.0, True) for _ in range(n)], args.repeats, dev) / n
-    print("| CFG + Euler update, 1x4x64x64 | eager (us) | compiled (us) | ratio |")
-    print("| --- | ---: | ---: | ---: |")
-    print(f"| per step | {eager_t * 1e6:.1f} | {fused_t * 1e6:.1f} | {fused_t / eager_t:.2f} |\n")
+    print("| CFG + Euler update, 1x4x64x64 | dtype | eager (us) | compiled (us) | ratio |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for dt in args.dtypes:
+        g = torch.Generator().manual_seed(0)
+        lat = torch.randn(1, 4, 64, 64, generator=g).to(dev, DTYPES[dt])
+        v = torch.randn(2, 4, 64, 64, generator=g).to(dev, DTYPES[dt])
+        fused, n = fused_step(compile=True), args.update_iters
+        eager_t = median_time(lambda: [cfg_euler_step(lat, v, 7.5, 1.0, True) for _ in range(n)], args.repeats, dev) / n
+        fused_t = median_time(lambda: [fused(lat, v, 7.5, 1.0, True) for _ in range(n)], args.repeats, dev) / n
+        print(f"| per step | {dt} | {eager_t * 1e6:.1f} | {fused_t * 1e6:.1f} | {fused_t / eager_t:.2f} |")
+    print()
     if not args.sizes:
         return
 
-    # 2. one step, text to image, full-size random model; same weights for both
-    torch.manual_seed(0)
-    ref_unet = diffusers.UNet2DConditionModel(**SD15_UNET).to(dev, dtype).eval()
-    ref_vae = diffusers.AutoencoderKL(block_out_channels=SD15_VAE["block_out_channels"], layers_per_block=2,
-                                      down_block_types=["DownEncoderBlock2D"] * 4,
-                                      up_block_types=["UpDecoderBlock2D"] * 4).to(dev, dtype).eval()
-    ref_text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**SD15_TEXT)).to(dev, dtype).eval()
-    unet, vae, text = UNet(dict(ref_unet.config)), VAE(dict(ref_vae.config)), TextEncoder()
-    for ours, ref in ((unet, ref_unet), (vae, ref_vae), (text, ref_text)):
-        ours.load_state_dict(ref.state_dict())
-        ours.to(dev, dtype).eval()
-    tok = load_tokenizer()
-    with tempfile.TemporaryDirectory() as d:
-        Path(d, "vocab.json").write_text(json.dumps(tok.vocab))
-        merges = sorted(tok.ranks, key=tok.ranks.get)
-        Path(d, "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-        ref_tok = transformers.CLIPTokenizer(str(Path(d, "vocab.json")), str(Path(d, "merges.txt")))
-    pipe = Pipeline(unet, vae, text, tok)
+    # 2. one step, text to image, full-size random model; the same weights in every dtype and in diffusers
+    pipe32, ref32 = random_sd("full", dev, torch.float32)
     prompt = ["a hyper-realistic photo of a cute cat"]
-    print("| one step, text to image | ours (s) | ours, compiled (s) | diffusers modules (s) | ratio ours / ref |"
-          " ratio compiled / ref |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| one step, text to image | dtype | ours (s) | ours, compiled (s) | diffusers modules (s) | ours / ref |"
+          " compiled / ref | max pixel diff to fp32 |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with torch.inference_mode():
         for size in args.sizes:
-            ref_t = median_time(lambda: instaflow_reference(ref_unet, ref_vae, ref_text, ref_tok, prompt, [""], 1, 1.0,
-                                                            0, size), args.repeats, dev)
-            ours_t = median_time(lambda: pipe(prompt, height=size, width=size, progress=False), args.repeats, dev)
-            comp_t = (median_time(lambda: pipe(prompt, height=size, width=size, progress=False, compile=True),
-                                  args.repeats, dev) if args.compile else float("nan"))
-            print(f"| {size}x{size} | {ours_t:.3f} | {comp_t:.3f} | {ref_t:.3f} | {ours_t / ref_t:.2f} | "
-                  f"{comp_t / ref_t:.2f} |")
+            base = pipe32(prompt, height=size, width=size, progress=False).images
+            for dt in args.dtypes:
+                pipe, ref = (pipe32, ref32) if dt == "fp32" else cast(pipe32, ref32, DTYPES[dt])
+                ref_t = median_time(lambda: instaflow_reference(ref.unet, ref.vae, ref.text, ref.tokenizer, prompt,
+                                                                [""], 1, 1.0, 0, size), args.repeats, dev)
+                ours_t = median_time(lambda: pipe(prompt, height=size, width=size, progress=False), args.repeats, dev)
+                comp_t = (median_time(lambda: pipe(prompt, height=size, width=size, progress=False, compile=True),
+                                      args.repeats, dev) if args.compile else float("nan"))
+                img = pipe(prompt, height=size, width=size, progress=False).images
+                px = int(np.abs(img.astype(int) - base.astype(int)).max())
+                print(f"| {size}x{size} | {dt} | {ours_t:.3f} | {comp_t:.3f} | {ref_t:.3f} | {ours_t / ref_t:.2f} | "
+                      f"{comp_t / ref_t:.2f} | {px if dt != 'fp32' else '-'} |", flush=True)
 
 
 if __name__ == "__main__":

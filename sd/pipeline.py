@@ -70,19 +70,21 @@ class Pipeline:
     def __init__(self, unet, vae, text_encoder, tokenizer):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.vae_factor = 2 ** (len(vae.config["block_out_channels"]) - 1)   # 8 for SD: 512 px <-> 64 latents
-        self._compiled = None
+        self._compiled = {}
         self.path = None                                   # the folder or file it was loaded from
 
     def networks(self, compile):
-        """(unet, vae_decode): eager, or compiled once with torch.compile (fullgraph). On CUDA the
-        mode is "reduce-overhead", which captures each call as a CUDA graph and replays it."""
+        """(unet, vae_decode): eager, or compiled once per mode with torch.compile (fullgraph).
+        compile=True picks "reduce-overhead" on CUDA, which captures each call as a CUDA graph and
+        replays it, and "default" elsewhere; a mode name ("default", "reduce-overhead",
+        "max-autotune") picks that mode."""
         if not compile:
             return self.unet, self.vae.decode
-        if self._compiled is None:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._compiled = (torch.compile(self.unet, fullgraph=True, mode=mode),
-                              torch.compile(self.vae.decode, fullgraph=True, mode=mode))
-        return self._compiled
+        mode = compile if isinstance(compile, str) else ("reduce-overhead" if self.device.type == "cuda" else "default")
+        if mode not in self._compiled:
+            self._compiled[mode] = (torch.compile(self.unet, fullgraph=True, mode=mode),
+                                    torch.compile(self.vae.decode, fullgraph=True, mode=mode))
+        return self._compiled[mode]
 
     def latent_shape(self, n, height, width):
         return (n, self.unet.config["in_channels"], height // self.vae_factor, width // self.vae_factor)

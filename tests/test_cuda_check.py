@@ -1,0 +1,19 @@
+"""bench/cuda_check.py --smoke: the GPU script's code runs end to end on the CPU with tiny configs,
+so that it cannot rot between the rare sessions that have a GPU."""
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_cuda_check_smoke_run_writes_a_full_report(tmp_path):
+    out = tmp_path / "report.md"
+    r = subprocess.run([sys.executable, "bench/cuda_check.py", "--smoke", "--out", str(out)], capture_output=True,
+                       text=True, cwd=ROOT)
+    text = out.read_text()
+    assert r.returncode == 0, text[-4000:] + r.stderr[-2000:]
+    for k in range(1, 9):
+        assert f"\n## {k}. " in text
+    assert "FAIL" not in text and "0 check(s) failed" in text
+    assert text.count("PASS") >= 12                   # steps, calls, parity, toy, trainer
+    assert "| 1 | 1 | eager |" in text and "InstaFlow's loop, diffusers modules" in text and "images / s" in text
