@@ -5,6 +5,7 @@ metrics.json, samples.npz and figures to --out.
 """
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -84,7 +85,8 @@ def main(argv=None):
     plot_trajectories(res, args.out / "trajectories.png")
     plot_straightness(res, args.out / "straightness.png")
     print(format_table(res.metrics))
-    print(f"total {res.metrics['seconds']['total']:.1f} s; wrote metrics.json, samples.npz, "
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20        # Linux reports KiB
+    print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {rss_gb:.2f} GB; wrote metrics.json, samples.npz, "
           f"samples.png, trajectories.png, straightness.png to {args.out}")
     return 0
 
