@@ -42,7 +42,9 @@ def save_png(array, path):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sd.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path, help="diffusers model folder, single checkpoint file, or a model id (owner/name) in the local Hugging Face cache")
+    p.add_argument("--model", required=True, type=Path,
+                   help="diffusers model folder, single checkpoint file, or a model id (owner/name) in the local "
+                        "Hugging Face cache")
     p.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
     p.add_argument("--negative-prompt", action="append", help="one per --prompt")
     p.add_argument("--steps", type=int, default=1)

@@ -67,11 +67,11 @@ class Output:
 
 
 class Pipeline:
-    def __init__(self, unet, vae, text_encoder, tokenizer):
+    def __init__(self, unet, vae, text_encoder, tokenizer, path=None):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.path = path                                   # the folder or file it was loaded from, if any
         self.vae_factor = 2 ** (len(vae.config["block_out_channels"]) - 1)   # 8 for SD: 512 px <-> 64 latents
         self._compiled = {}
-        self.path = None                                   # the folder or file it was loaded from
 
     def networks(self, compile):
         """(unet, vae_decode): eager, or compiled once per mode with torch.compile (fullgraph).
@@ -185,8 +185,9 @@ def default_sampler(path):
 
 def load_pipeline(path, dtype=None, device="cpu", variant=None, config=None):
     """A Pipeline from a diffusers model folder, a model id in the local Hugging Face cache
-    ("XCLiu/instaflow_0_9B_from_sd_1_5" after `huggingface-cli download`), or a single SD 1.x checkpoint file (whose tokenizer
-    then comes from OpenAI's vocabulary file, see sd.tokenizer.load_tokenizer). `config` may hold
+    ("XCLiu/instaflow_0_9B_from_sd_1_5" after `huggingface-cli download`), or a single SD 1.x
+    checkpoint file (whose tokenizer then comes from OpenAI's vocabulary file, see
+    sd.tokenizer.load_tokenizer). `config` may hold
     overrides per component, {"unet": {...}, "vae": {...}, "text_encoder": {...}}."""
     path = locate(path)                                    # a path, or an "owner/name" id in the HF cache
     config = config or {}
@@ -195,6 +196,4 @@ def load_pipeline(path, dtype=None, device="cpu", variant=None, config=None):
     vae = load_vae(path, config=config.get("vae"), **kw)
     text = load_text_encoder(path, config=config.get("text_encoder"), **kw)
     tokenizer = load_tokenizer(path if path.is_dir() else None)
-    pipe = Pipeline(unet, vae, text, tokenizer)
-    pipe.path = path
-    return pipe
+    return Pipeline(unet, vae, text, tokenizer, path)
