@@ -236,8 +236,13 @@ def check_training(rep, ctx):
             b = train(c_unet, text, data, TrainConfig(iters=4, **cfg), Path(d) / "b", empty, progress=False)
             diff = max((p - q).abs().max().item() for p, q in zip(a_unet.state_dict().values(),
                                                                    c_unet.state_dict().values()))
-            rep.check("exact resume (2 + 2 steps vs 4)", diff == 0 and b["losses"] == a["losses"][2:],
-                      f"max weight difference {diff:.1e}, losses after resume {b['losses']} vs {a['losses'][2:]}")
+            loss_diff = max(abs(x - y) for x, y in zip(b["losses"], a["losses"][2:]))
+            # bit-equal on a CPU; on CUDA the nearest-upsampling backward adds with atomics in any order
+            # (PyTorch has no deterministic kernel for it), so allow float noise there and say which
+            exact = diff == 0 and loss_diff == 0
+            rep.check("resume (2 + 2 steps vs 4)", exact or (ctx.dev.type == "cuda" and diff <= 1e-5 and loss_diff <= 1e-5),
+                      f"{'bit-equal' if exact else 'not bit-equal'}: max weight difference {diff:.1e}, "
+                      f"max loss difference {loss_diff:.1e} (bound: 0 on a CPU, 1e-5 on CUDA)")
 
 
 @contextlib.contextmanager
