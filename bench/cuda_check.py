@@ -390,6 +390,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--only", nargs="*", type=int, help="run only these section numbers")
+    p.add_argument("--budget", type=float, default=480,
+                   help="seconds; sections that would start later are skipped (and say so), so that a lease's "
+                        "10-minute command limit still returns a report")
     args = p.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         p.error("CUDA is not available: run on a GPU machine, or use --smoke on a CPU")
@@ -412,6 +415,10 @@ def main(argv=None):
         if args.only and k not in args.only:
             continue
         rep.section(title)
+        if time.time() - t_start > args.budget:
+            rep.line(f"- skipped: the time budget of {args.budget:.0f} s is spent (--budget; --only {k} runs it alone)")
+            rep.save()
+            continue
         t0 = time.time()
         try:
             fn(rep, ctx)
