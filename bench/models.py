@@ -12,7 +12,7 @@ import torch
 
 from sd.clip import SD15_TEXT, TextEncoder
 from sd.pipeline import Pipeline
-from sd.tokenizer import BOS, EOS, Tokenizer, TokenizerError, bytes_to_unicode, load_tokenizer
+from sd.tokenizer import Tokenizer, TokenizerError, byte_vocab, load_tokenizer
 from sd.unet import SD15_UNET, UNet
 from sd.vae import SD15_VAE, VAE
 
@@ -41,9 +41,7 @@ def tokenizer():
     try:
         return load_tokenizer()
     except TokenizerError:
-        units = list(bytes_to_unicode().values())
-        vocab = {t: i for i, t in enumerate(units + [u + "</w>" for u in units] + [BOS, EOS])}
-        return Tokenizer(vocab, [])
+        return Tokenizer(byte_vocab(), [])
 
 
 def reference_tokenizer(tok):

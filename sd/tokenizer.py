@@ -37,6 +37,14 @@ def bytes_to_unicode():
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(rest)}}
 
 
+def byte_vocab(merges=()):
+    """CLIP's vocabulary layout: the 256 byte characters, the same with </w>, one token per merge, then
+    <|startoftext|> and <|endoftext|>. With no merges: a byte-level vocabulary (tiny test models)."""
+    units = list(bytes_to_unicode().values())
+    tokens = units + [u + "</w>" for u in units] + ["".join(m) for m in merges] + [BOS, EOS]
+    return {t: i for i, t in enumerate(tokens)}
+
+
 def _is_letter(c):
     return unicodedata.category(c)[0] == "L"
 
@@ -106,9 +114,7 @@ class Tokenizer:
         256 byte characters, the same with </w>, one token per merge, then the two special tokens."""
         lines = gzip.open(path).read().decode("utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
-        units = list(bytes_to_unicode().values())
-        tokens = units + [u + "</w>" for u in units] + ["".join(m) for m in merges] + [BOS, EOS]
-        return cls({t: i for i, t in enumerate(tokens)}, merges, pad_token, max_length)
+        return cls(byte_vocab(merges), merges, pad_token, max_length)
 
     def bpe(self, word):
         """Merge the lowest-ranked adjacent pair until no known pair is left (step 4)."""

@@ -4,15 +4,14 @@ import json
 
 import torch
 
-from sd.tokenizer import bytes_to_unicode
+from sd.tokenizer import byte_vocab
 from tests.test_sd_models import ref_unet, ref_vae
 
 
 def tiny_sd_folder(root):
     import diffusers
     import transformers
-    units = list(bytes_to_unicode().values())
-    vocab = {t: i for i, t in enumerate(units + [u + "</w>" for u in units] + ["<|startoftext|>", "<|endoftext|>"])}
+    vocab = byte_vocab()
     root.mkdir(parents=True, exist_ok=True)
     (root / "vocab.json").write_text(json.dumps(vocab))
     (root / "merges.txt").write_text("#version: 0.2\n")
