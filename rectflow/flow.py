@@ -9,6 +9,8 @@ Eq. (1) of the paper, the whole method in one line:
 """
 import torch
 
+from .paths import get_path
+
 
 def _expand_time(t, x):
     """Reshape t [B] (or a scalar) so that it broadcasts against x [B, ...]."""
@@ -51,7 +53,8 @@ def call_velocity(v, x, t, cond=None):
     return v(x, t) if cond is None else v(x, t, cond)
 
 
-def rf_loss(v, x0, x1, cond=None, t=None, time_sampler="uniform", generator=None, loss_fn=None):
+def rf_loss(v, x0, x1, cond=None, t=None, time_sampler="uniform", generator=None, loss_fn=None,
+            path="linear"):
     """Monte-Carlo estimate of the rectified-flow loss, Eq. (1):
 
         E_t E[ || (X_1 - X_0) - v(X_t, t) ||^2 ],   X_t = t X_1 + (1 - t) X_0.
@@ -59,12 +62,19 @@ def rf_loss(v, x0, x1, cond=None, t=None, time_sampler="uniform", generator=None
     (x0, x1) are samples of a coupling: independent draws for 1-rectified flow, the pairs
     (Z_0, Z_1) of a previous flow for reflow. The squared error is averaged over all
     coordinates (a constant rescaling of Eq. (1)). `loss_fn(pred, target)` replaces it.
+
+    `path` ('linear', 'vp', 'cosine' or a `rectflow.paths.Path`) selects the paper's nonlinear
+    extension X_t = alpha_t X_1 + beta_t X_0 with target alpha'_t X_1 + beta'_t X_0; the default
+    'linear' (alpha_t = t, beta_t = 1 - t) is Eq. (1) above, operation for operation.
     """
+    p = get_path(path)
     if t is None:
         t = sample_time(x0.shape[0], time_sampler, generator=generator, device=x0.device)
-    xt = interpolate(x0, x1, t)
+    t = p.clip(torch.as_tensor(t, dtype=x0.dtype, device=x0.device))
+    tb = _expand_time(t, x0)
+    xt = p.interpolate(x0, x1, tb)          # Eq. (1): t X_1 + (1 - t) X_0 on the linear path
     pred = call_velocity(v, xt, t, cond)
-    target = velocity_target(x0, x1)
+    target = p.target(x0, x1, tb)           # Eq. (1): X_1 - X_0 on the linear path
     if loss_fn is not None:
         return loss_fn(pred, target)
     return (pred - target).pow(2).mean()
