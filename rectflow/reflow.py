@@ -1,10 +1,9 @@
-"""Couplings, rectification and reflow (Algorithm 1 of the paper).
+"""Rectification and reflow (Algorithm 1 of the paper).
 
-A *coupling* is a way to draw pairs (X_0, X_1) with X_0 ~ pi_0 and X_1 ~ pi_1:
-  - 1-rectified flow is trained on the independent coupling  X_0 ⊥ X_1;
-  - reflow trains the (k+1)-rectified flow on the deterministic coupling of the k-th flow:
+Rectify: train v by Eq. (1) on the pairs of a coupling (`rectflow.couplings`). Reflow: train the
+(k+1)-rectified flow on the deterministic coupling of the k-th flow,
 
-        Z^{k+1} = RectFlow((Z^k_0, Z^k_1)),   Z^k_1 = ODE_{v_k}(Z^k_0)     (Algorithm 1, "Reflow").
+    Z^{k+1} = RectFlow((Z^k_0, Z^k_1)),   Z^k_1 = ODE_{v_k}(Z^k_0)     (Algorithm 1, "Reflow").
 """
 import numpy as np
 import torch
@@ -15,31 +14,14 @@ from .ode import solve
 from .train import fit_coupling
 
 
-def independent_coupling(sample0, sample1):
-    """(X_0, X_1) drawn independently: sample_i(n, generator) -> [n, ...]."""
-    def draw(n, generator=None):
-        return sample0(n, generator), sample1(n, generator), None
-    return draw
-
-
-def pairs_coupling(z0, z1, cond=None):
-    """A fixed coupling given by stored pairs (Z_0, Z_1[, cond]): draws random rows."""
-    if z0.shape != z1.shape:
-        raise ValueError(f"pairs must have equal shapes, got z0 {tuple(z0.shape)} and z1 {tuple(z1.shape)}")
-    if cond is not None and cond.shape[0] != z0.shape[0]:
-        raise ValueError(f"cond has {cond.shape[0]} rows but there are {z0.shape[0]} pairs")
-
-    def draw(n, generator=None):
-        idx = torch.randint(0, z0.shape[0], (n,), generator=generator)
-        return z0[idx], z1[idx], None if cond is None else cond[idx]
-    return draw
-
-
 def train_flow(model, coupling, iters, batch_size=1024, time_sampler="uniform", seed=0,
-               desc="rectified flow", **fit_kwargs):
-    """Rectify a coupling: fit v by Eq. (1) on pairs drawn from `coupling`. Returns the losses."""
+               desc="rectified flow", path="linear", **fit_kwargs):
+    """Rectify a coupling: fit v by Eq. (1) on pairs drawn from `coupling`. Returns the losses.
+
+    `path` other than 'linear' trains on the paper's nonlinear extension (`rectflow.paths`).
+    """
     def loss(model, x0, x1, cond, gen):
-        return rf_loss(model, x0, x1, cond, time_sampler=time_sampler, generator=gen)
+        return rf_loss(model, x0, x1, cond, time_sampler=time_sampler, generator=gen, path=path)
     return fit_coupling(model, coupling, loss, iters, batch_size, seed, desc=desc, **fit_kwargs)
 
 
