@@ -9,7 +9,6 @@ import copy
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 
 import rectflow as rf
@@ -75,71 +74,91 @@ def evaluate(model, z0, target, cfg, steps):
     return w2s, samples
 
 
-def run(cfg: Config) -> Result:
-    cfg.validate()
-    torch.manual_seed(cfg.seed)
-    ds, dev = get_dataset(cfg.dataset), torch.device(cfg.device)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    # Quasi-Monte Carlo evaluation sets (see toy/datasets.py), so that W2 measures the model and
-    # not the luck of the draw. W2 uses the first n_eval points (a power of 2 suits Sobol).
-    z_eval = ds.sample0(cfg.n_samples, gen, qmc=True)
-    target = ds.sample1(cfg.n_samples, gen, qmc=True)
-    target_b = ds.sample1(cfg.n_samples, gen, qmc=True)
-    res = Result(cfg)
-    res.samples["target"] = target.numpy()
-    secs = {}
-    stages = res.metrics.setdefault("stages", {})
-    # Two independent target sets are not at W2 = 0: this is the floor of the estimate.
-    res.metrics.update(dataset=cfg.dataset, seed=cfg.seed,
-                       w2_floor=rf.w2(target[:cfg.n_eval], target_b[:cfg.n_eval]))
+class Bench:
+    """What every toy experiment shares: the data, the fixed evaluation sets, the scoring of a
+    model (W2 of its N-step Euler samples, straightness and trajectories of a flow), reflow pairs,
+    and the clock. `run` below and `toy/compare.py` are written on it."""
 
-    def score(name, model, steps):
-        t0 = time.perf_counter()
-        w2s, samples = evaluate(model, z_eval.to(dev), target, cfg, steps)
-        entry = {"w2": w2s}
-        if name.endswith("-rf"):
-            entry = {"straightness": rf.straightness(model, z_eval.to(dev), cfg.straightness_steps), **entry}
-            res.trajectories[name] = rf.euler(model, z_eval[:300].to(dev), cfg.straightness_steps,
-                                              return_trajectory=True).cpu().numpy()
-        stages[name] = entry
-        res.samples.update({f"{name}_{n}": x for n, x in samples.items()})
-        res.models[name] = model
-        secs["eval"] = secs.get("eval", 0.0) + time.perf_counter() - t0
+    def __init__(self, cfg):
+        cfg.validate()
+        self.cfg, self.ds, self.dev = cfg, get_dataset(cfg.dataset), torch.device(cfg.device)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        # Quasi-Monte Carlo evaluation sets (see toy/datasets.py), so that W2 measures the model and
+        # not the luck of the draw. W2 uses the first n_eval points (a power of 2 suits Sobol).
+        self.z_eval = self.ds.sample0(cfg.n_samples, gen, qmc=True)
+        self.target = self.ds.sample1(cfg.n_samples, gen, qmc=True)
+        target_b = self.ds.sample1(cfg.n_samples, gen, qmc=True)
+        self.res = Result(cfg)
+        self.res.samples["target"] = self.target.numpy()
+        self.secs = {}
+        self.stages = self.res.metrics.setdefault("stages", {})
+        # Two independent target sets are not at W2 = 0: this is the floor of the estimate.
+        self.res.metrics.update(dataset=cfg.dataset, seed=cfg.seed,
+                                w2_floor=rf.w2(self.target[:cfg.n_eval], target_b[:cfg.n_eval]))
+        self.fit_kw = dict(batch_size=cfg.batch_size, lr=cfg.lr, progress=cfg.progress)
 
-    def timed(key, fn):
+    def new_model(self):
+        """A fresh velocity MLP, initialised from the run's seed (the same weights every time)."""
+        torch.manual_seed(self.cfg.seed)
+        return VelocityMLP(hidden=self.cfg.hidden, depth=self.cfg.depth).to(self.dev)
+
+    def timed(self, key, fn):
         t0 = time.perf_counter()
         out = fn()
-        secs[key] = time.perf_counter() - t0
+        self.secs[key] = time.perf_counter() - t0
         return out
 
-    fit_kw = dict(batch_size=cfg.batch_size, lr=cfg.lr, progress=cfg.progress)
-    # Stage 1: 1-rectified flow on the independent coupling (X_0, X_1), Eq. (1).
-    model = VelocityMLP(hidden=cfg.hidden, depth=cfg.depth).to(dev)
-    timed("1-rf", lambda: rf.train_flow(model, rf.independent_coupling(ds.sample0, ds.sample1),
-                                        cfg.iters, seed=cfg.seed, desc="1-rf", **fit_kw))
-    score("1-rf", model, cfg.steps)
+    def score(self, name, model, steps, flow=True):
+        """W2 at each step count in `steps`; for a flow also S(Z) and 300 Euler trajectories."""
+        t0 = time.perf_counter()
+        z = self.z_eval.to(self.dev)
+        w2s, samples = evaluate(model, z, self.target, self.cfg, steps)
+        entry = {"w2": w2s}
+        if flow:
+            entry = {"straightness": rf.straightness(model, z, self.cfg.straightness_steps), **entry}
+            self.res.trajectories[name] = rf.euler(model, z[:300], self.cfg.straightness_steps,
+                                                   return_trajectory=True).cpu().numpy()
+        self.stages[name] = entry
+        self.res.samples.update({f"{name}_{n}": x for n, x in samples.items()})
+        self.res.models[name] = model
+        self.secs["eval"] = self.secs.get("eval", 0.0) + time.perf_counter() - t0
+        return entry
 
-    def pairs_of(model, k):
-        z0 = ds.sample0(cfg.n_pairs, torch.Generator().manual_seed(cfg.seed + 100 + k))
-        return timed(f"pairs-{k}", lambda: rf.generate_pairs(model, z0, cfg.pair_steps, "rk4",
-                                                             progress=cfg.progress, desc=f"pairs of {k}-rf"))
+    def pairs(self, model, k, desc):
+        """Reflow pairs (Z_0, ODE_v(Z_0)) of a flow, from n_pairs fresh draws seeded by k (RK4)."""
+        z0 = self.ds.sample0(self.cfg.n_pairs, torch.Generator().manual_seed(self.cfg.seed + 100 + k))
+        return self.timed(f"pairs-{k}", lambda: rf.generate_pairs(model, z0, self.cfg.pair_steps, "rk4",
+                                                                  progress=self.cfg.progress, desc=desc))
+
+    def finish(self):
+        cfg = self.cfg
+        self.res.metrics["seconds"] = {k: round(v, 2) for k, v in self.secs.items()}
+        self.res.metrics["config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+        return self.res
+
+
+def run(cfg: Config) -> Result:
+    b = Bench(cfg)
+    # Stage 1: 1-rectified flow on the independent coupling (X_0, X_1), Eq. (1).
+    model = b.new_model()
+    b.timed("1-rf", lambda: rf.train_flow(model, rf.independent_coupling(b.ds.sample0, b.ds.sample1),
+                                          cfg.iters, seed=cfg.seed, desc="1-rf", **b.fit_kw))
+    b.score("1-rf", model, cfg.steps)
 
     # Reflow: the (k+1)-RF rectifies the coupling (Z_0, Z_1) of the k-RF (Algorithm 1).
     # Each new flow starts from the weights of the previous one (as InstaFlow does).
     for k in range(1, cfg.reflows + 1):
-        z0, z1 = pairs_of(model, k)
+        z0, z1 = b.pairs(model, k, f"pairs of {k}-rf")
         model = copy.deepcopy(model)
-        timed(f"{k + 1}-rf", lambda: rf.train_flow(model, rf.pairs_coupling(z0, z1), cfg.iters,
-                                                   seed=cfg.seed + k, desc=f"{k + 1}-rf", **fit_kw))
-        score(f"{k + 1}-rf", model, cfg.steps)
+        b.timed(f"{k + 1}-rf", lambda: rf.train_flow(model, rf.pairs_coupling(z0, z1), cfg.iters,
+                                                     seed=cfg.seed + k, desc=f"{k + 1}-rf", **b.fit_kw))
+        b.score(f"{k + 1}-rf", model, cfg.steps)
 
     # Distillation of the last flow into one Euler step, initialised from it (Algorithm 1).
     last = f"{cfg.reflows + 1}-rf"
-    z0, z1 = pairs_of(model, cfg.reflows + 1)
+    z0, z1 = b.pairs(model, cfg.reflows + 1, f"pairs of {last}")
     student = copy.deepcopy(model)
-    timed("distill", lambda: rf.train_student(student, rf.pairs_coupling(z0, z1), cfg.distill_iters, k=1,
-                                              seed=cfg.seed + 99, desc="distill", **fit_kw))
-    score(f"{last}-distilled", student, (1,))
-    res.metrics["seconds"] = {k: round(v, 2) for k, v in secs.items()}
-    res.metrics["config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    return res
+    b.timed("distill", lambda: rf.train_student(student, rf.pairs_coupling(z0, z1), cfg.distill_iters, k=1,
+                                                seed=cfg.seed + 99, desc="distill", **b.fit_kw))
+    b.score(f"{last}-distilled", student, (1,), flow=False)
+    return b.finish()
