@@ -2,6 +2,10 @@
 
 Prints a table (stage x straightness, W2 at 1/2/4/100 Euler steps, seconds) and writes
 metrics.json, samples.npz and figures to --out.
+
+python -m toy compare: interpolations (linear, VP, cosine), couplings (independent, minibatch OT,
+reflow) and one-step students side by side on one budget (toy/compare.py); writes compare.json,
+samples.npz, w2_vs_steps.png, straightness.png, trajectories.png to --out.
 """
 import argparse
 import json
@@ -14,8 +18,10 @@ import numpy as np
 import torch
 
 from .datasets import DATASETS
+from .compare import CompareConfig, run_compare
+from .compare import __doc__ as compare_doc
 from .experiment import Config, run
-from .plots import plot_samples, plot_straightness, plot_trajectories
+from .plots import plot_samples, plot_straightness, plot_trajectories, plot_w2_vs_steps
 
 
 def positive_int(text):
@@ -28,18 +34,23 @@ def positive_int(text):
     return val
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m toy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None, compare=False):
+    prog = "python -m toy compare" if compare else "python -m toy"
+    doc = compare_doc if compare else __doc__
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="paper", choices=list(DATASETS),
                    help="source/target pair (default: the paper's 3-Gaussian tutorial pair)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--iters", type=positive_int, help="training iterations of each flow")
     p.add_argument("--distill-iters", type=positive_int, help="training iterations of the student")
-    p.add_argument("--reflows", type=positive_int, default=1, help="1: 2-RF (default), 2: 3-RF, ...")
+    if compare:
+        p.add_argument("--ot-block", type=positive_int, default=256,
+                       help="rows per exact assignment of the minibatch-OT coupling (default 256)")
+    else:
+        p.add_argument("--reflows", type=positive_int, default=1, help="1: 2-RF (default), 2: 3-RF, ...")
     p.add_argument("--fast", action="store_true", help="a smoke run of seconds (nothing converges)")
-    p.add_argument("--out", type=Path, default=Path("runs/toy"))
+    p.add_argument("--out", type=Path, default=Path("runs/toy-compare" if compare else "runs/toy"))
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
     try:
@@ -49,6 +60,26 @@ def parse_args(argv=None):
     if dev.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device!r}: CUDA is not available on this machine")
     return args
+
+
+def config_of(args, cls, **extra):
+    kw = dict(dataset=args.dataset, seed=args.seed, device=args.device, progress=not args.no_progress, **extra)
+    if args.iters:
+        kw["iters"] = args.iters
+    if args.distill_iters:
+        kw["distill_iters"] = args.distill_iters
+    return cls.fast(**kw) if args.fast else cls(**kw)
+
+
+def timed_run(fn, cfg):
+    t0 = time.perf_counter()
+    res = fn(cfg)
+    res.metrics["seconds"]["total"] = round(time.perf_counter() - t0, 2)
+    return res
+
+
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20        # Linux reports KiB
 
 
 def format_table(metrics):
@@ -66,18 +97,45 @@ def format_table(metrics):
     return "\n".join(lines)
 
 
+def format_compare_table(metrics):
+    steps = [str(n) for n in metrics["config"]["steps"]]
+    head = (f"{'method':<16}{'path':<8}{'coupling':<13}{'S':>9}" + "".join(f"{'W2@' + s:>8}" for s in steps)
+            + f"{'grad steps':>11}{'ODE evals':>11}{'assign s':>9}{'cost s':>8}")
+    lines = [head, "-" * len(head)]
+    for name, m in metrics["stages"].items():
+        s = m.get("straightness")
+        coupling = {"pairs": f"{m['parent']} pairs", "distill": "1 step"}.get(m["coupling"], m["coupling"])
+        row = f"{name:<16}{m['path'] or '-':<8}{coupling:<13}" + (f"{s:>9.3f}" if s is not None else f"{'-':>9}")
+        row += "".join(f"{m['w2'][k]:>8.3f}" if k in m["w2"] else f"{'-':>8}" for k in steps)
+        row += f"{m['grad_steps']:>11}{m['ode_evals']:>11.2e}{m['assign_s']:>9.1f}{m['cost_s']:>8.1f}"
+        lines.append(row)
+    lines.append("best W2 at each number of Euler steps: "
+                 + ", ".join(f"{n}: {name}" for n, name in metrics["best"].items()))
+    lines.append(f"W2 between two target sets (floor of the estimate): {metrics['w2_floor']:.3f}")
+    return "\n".join(lines)
+
+
+def main_compare(argv):
+    args = parse_args(argv, compare=True)
+    res = timed_run(run_compare, config_of(args, CompareConfig, ot_block=args.ot_block))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compare.json").write_text(json.dumps(res.metrics, indent=2))
+    np.savez(args.out / "samples.npz", **res.samples)
+    plot_w2_vs_steps(res, args.out / "w2_vs_steps.png")
+    plot_straightness(res, args.out / "straightness.png", title="straightness of each flow")
+    plot_trajectories(res, args.out / "trajectories.png")
+    print(format_compare_table(res.metrics))
+    print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {peak_rss_gb():.2f} GB; wrote compare.json, "
+          f"samples.npz, w2_vs_steps.png, straightness.png, trajectories.png to {args.out}")
+    return 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        return main_compare(argv[1:])
     args = parse_args(argv)
-    kw = dict(dataset=args.dataset, seed=args.seed, device=args.device, reflows=args.reflows,
-              progress=not args.no_progress)
-    if args.iters:
-        kw["iters"] = args.iters
-    if args.distill_iters:
-        kw["distill_iters"] = args.distill_iters
-    cfg = Config.fast(**kw) if args.fast else Config(**kw)
-    t0 = time.perf_counter()
-    res = run(cfg)
-    res.metrics["seconds"]["total"] = round(time.perf_counter() - t0, 2)
+    res = timed_run(run, config_of(args, Config, reflows=args.reflows))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
     np.savez(args.out / "samples.npz", **res.samples)
@@ -85,8 +143,7 @@ def main(argv=None):
     plot_trajectories(res, args.out / "trajectories.png")
     plot_straightness(res, args.out / "straightness.png")
     print(format_table(res.metrics))
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20        # Linux reports KiB
-    print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {rss_gb:.2f} GB; wrote metrics.json, samples.npz, "
+    print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {peak_rss_gb():.2f} GB; wrote metrics.json, samples.npz, "
           f"samples.png, trajectories.png, straightness.png to {args.out}")
     return 0
 

@@ -38,11 +38,15 @@ def plot_samples(res, path=None):
     return _save(fig, path)
 
 
-def plot_trajectories(res, path=None):
+def plot_trajectories(res, path=None, cols=4):
     """The Euler paths of 300 points for each flow: 1-RF bends them, reflow straightens them."""
     stages = list(res.trajectories)
-    fig, axes = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 3.6), squeeze=False)
-    for ax, stage in zip(axes[0], stages):
+    rows = -(-len(stages) // cols)
+    ncol = min(cols, len(stages))
+    fig, axes = plt.subplots(rows, ncol, figsize=(3.6 * ncol, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(stages):]:
+        ax.axis("off")
+    for ax, stage in zip(axes.flat, stages):
         traj = res.trajectories[stage]                        # [steps + 1, m, 2]
         ax.plot(traj[:, :, 0], traj[:, :, 1], c="C7", lw=0.4, alpha=0.5)
         ax.scatter(traj[0, :, 0], traj[0, :, 1], s=3, c="C0", label="Z_0 ~ pi_0", zorder=3)
@@ -54,14 +58,35 @@ def plot_trajectories(res, path=None):
     return _save(fig, path)
 
 
-def plot_straightness(res, path=None):
+def plot_straightness(res, path=None, title="reflow straightens the flow"):
     stages = list(res.trajectories)
     vals = [res.metrics["stages"][s]["straightness"] for s in stages]
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(stages), 3))
     ax.bar(stages, vals, color=[f"C{i}" for i in range(len(stages))])
     ax.set_yscale("log")
     ax.set_ylabel("straightness S(Z) (log)")
-    ax.set_title("reflow straightens the flow", fontsize=10)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_w2_vs_steps(res, path=None):
+    """W2 against the number of Euler steps, one curve per flow, one marker per one-step student."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    floor = res.metrics["w2_floor"]
+    for i, (name, m) in enumerate(res.metrics["stages"].items()):
+        steps = sorted(int(n) for n in m["w2"])
+        vals = [m["w2"][str(n)] for n in steps]
+        style = dict(marker="o", ms=4) if len(steps) > 1 else dict(marker="*", ms=11, ls="none")
+        ax.plot(steps, vals, label=name, color=f"C{i % 10}", **style)
+    ax.axhline(floor, color="0.5", ls=":", lw=1, label=f"floor ({floor:.2f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Euler steps N")
+    ax.set_ylabel("W2 to the target (log)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{res.metrics['dataset']}: W2 of N-step samples", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

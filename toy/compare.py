@@ -1,0 +1,129 @@
+"""`python -m toy compare`: the ways to get a fast flow, side by side, on one budget.
+
+Every method is trained through `rectflow/` with the same MLP, the same initial weights, batch,
+learning rate and number of gradient steps per training stage (`iters` for a flow, `distill_iters`
+for a student), on the same dataset, and scored on the same quasi-random evaluation sets as
+`python -m toy` (W2 of N-step Euler samples, straightness S along 100 Euler steps).
+
+    method          interpolation  coupling                                   starts from
+    1-rf            linear         independent                                 fresh weights
+    1-rf-2x         linear         independent, 2 x iters (2-RF's budget)      fresh weights
+    vp              vp             independent                                 fresh weights
+    cosine          cosine         independent                                 fresh weights
+    ot              linear         minibatch OT (exact, blocks of `ot_block`)  fresh weights
+    2-rf            linear         pairs (Z_0, Z_1) of 1-rf (reflow)           1-rf
+    ot-2-rf         linear         pairs of ot (reflow after minibatch OT)     ot
+    <flow>-distilled one Euler step, distilled on the pairs of <flow>          <flow>
+
+The reflow and OT couplings are pools of `n_pairs` pairs (20 000 by default) drawn once, as
+`python -m toy` does for reflow; the students of 1-rf and ot reuse the pairs their reflow was
+trained on. 1-rf, 2-rf and 2-rf-distilled are the very runs of `python -m toy` (same seeds, same
+numbers). Each method's cost is what it takes from scratch, its ancestors included: gradient
+steps, velocity evaluations spent simulating pairs (RK4: 4 per step), seconds of assignment, and
+wall-clock seconds of all that (evaluation excluded).
+"""
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+
+import rectflow as rf
+from rectflow.checks import positive_int
+
+from .experiment import Bench, Config
+
+# name: (interpolation path, coupling, parent). Coupling "independent" / "ot" trains a flow from
+# fresh weights; "pairs" trains a flow on the parent's pairs (reflow); "distill" a one-step student.
+METHODS = {
+    "1-rf": ("linear", "independent", None),
+    "1-rf-2x": ("linear", "independent", None),
+    "vp": ("vp", "independent", None),
+    "cosine": ("cosine", "independent", None),
+    "ot": ("linear", "ot", None),
+    "2-rf": ("linear", "pairs", "1-rf"),
+    "ot-2-rf": ("linear", "pairs", "ot"),
+    "1-rf-distilled": (None, "distill", "1-rf"),
+    "ot-distilled": (None, "distill", "ot"),
+    "2-rf-distilled": (None, "distill", "2-rf"),
+}
+PAIR_SEEDS = {"1-rf": 1, "2-rf": 2, "ot": 3}      # the k of Bench.pairs (1-RF's and 2-RF's as in run)
+
+
+@dataclass
+class CompareConfig(Config):
+    steps: tuple = (1, 2, 4, 8, 16, 100)
+    ot_block: int = 256           # rows per exact assignment of the minibatch-OT coupling
+
+    def validate(self):
+        super().validate()
+        positive_int(self.ot_block, "ot_block")
+
+
+def run_compare(cfg: CompareConfig):
+    b = Bench(cfg)
+    ds, fit_kw = b.ds, b.fit_kw
+    models, pairs, pair_cost, cost = {}, {}, {}, {}
+
+    def account(name, parent, seconds, steps, assign=0.0):
+        """Cost from scratch: the parent's, plus the parent's pairs if any, plus this stage's."""
+        base = cost.get(parent, {"grad_steps": 0, "ode_evals": 0, "assign_s": 0.0, "cost_s": 0.0})
+        sim_evals, sim_s = pair_cost.get(parent, (0, 0.0))
+        cost[name] = {"grad_steps": base["grad_steps"] + steps, "ode_evals": base["ode_evals"] + sim_evals,
+                      "assign_s": round(base["assign_s"] + assign, 2),
+                      "cost_s": round(base["cost_s"] + sim_s + seconds, 2)}
+
+    def pairs_of(name):
+        """The pairs of a flow, simulated once (RK4) and shared by its reflow and its student."""
+        if name not in pairs:
+            t0 = time.perf_counter()
+            pairs[name] = b.pairs(models[name], PAIR_SEEDS[name], f"pairs of {name}")
+            pair_cost[name] = (cfg.n_pairs * cfg.pair_steps * 4, time.perf_counter() - t0)
+        return pairs[name]
+
+    for name, (path, coupling, parent) in METHODS.items():
+        t0, assign = time.perf_counter(), 0.0
+        if coupling in ("independent", "ot"):
+            model = b.new_model()
+            iters = 2 * cfg.iters if name.endswith("-2x") else cfg.iters
+            if coupling == "independent":
+                draw = rf.independent_coupling(ds.sample0, ds.sample1)
+            else:   # minibatch OT: independent draws, re-paired block by block by exact assignment
+                gen = torch.Generator().manual_seed(cfg.seed + 200)
+                z0, z1, assign = rf.minibatch_ot_pairs(ds.sample0(cfg.n_pairs, gen), ds.sample1(cfg.n_pairs, gen),
+                                                       cfg.ot_block)
+                draw = rf.pairs_coupling(z0, z1)
+            rf.train_flow(model, draw, iters, seed=cfg.seed, desc=name, path=path, **fit_kw)
+            account(name, None, time.perf_counter() - t0, iters, assign=assign)
+            b.score(name, model, cfg.steps)
+        elif coupling == "pairs":   # reflow: rectify the parent's coupling, from the parent's weights
+            z0, z1 = pairs_of(parent)
+            t0 = time.perf_counter()
+            model = copy.deepcopy(models[parent])
+            rf.train_flow(model, rf.pairs_coupling(z0, z1), cfg.iters, seed=cfg.seed + PAIR_SEEDS[parent],
+                          desc=name, path=path, **fit_kw)
+            account(name, parent, time.perf_counter() - t0, cfg.iters)
+            b.score(name, model, cfg.steps)
+        else:                       # one-step distillation of the parent's pairs
+            z0, z1 = pairs_of(parent)
+            t0 = time.perf_counter()
+            model = copy.deepcopy(models[parent])
+            rf.train_student(model, rf.pairs_coupling(z0, z1), cfg.distill_iters, k=1, seed=cfg.seed + 99,
+                             desc=name, **fit_kw)
+            account(name, parent, time.perf_counter() - t0, cfg.distill_iters)
+            b.score(name, model, (1,), flow=False)
+        models[name] = model
+    res = b.finish()
+    for name, (path, coupling, parent) in METHODS.items():
+        res.metrics["stages"][name].update(path=path, coupling=coupling, parent=parent, **cost[name])
+    res.metrics["best"] = best_per_steps(res.metrics["stages"], cfg.steps)
+    return res
+
+
+def best_per_steps(stages, steps):
+    """For each number of Euler steps, the method with the lowest W2 (a student counts at 1 step)."""
+    out = {}
+    for n in steps:
+        scored = {m: s["w2"][str(n)] for m, s in stages.items() if str(n) in s["w2"]}
+        out[str(n)] = min(scored, key=scored.get)
+    return out
