@@ -51,6 +51,16 @@ SOLUTIONS = {
         ("def my_one_step(unet, x0, ctx):\n    # your code here\n    return None",
          "def my_one_step(unet, x0, ctx):\n    return x0 + unet(x0, torch.full((len(x0),), 1000.0), ctx)"),
     ],
+    "08_comparing_flows.ipynb": [
+        ("def my_vp_target(x0, x1, t):\n    # your code here\n    return None",
+         "def my_vp_target(x0, x1, t):\n    a, b = 19.9, 0.1\n    alpha = torch.exp(-a * (1 - t) ** 2 / 4 - b * (1 - t) / 2)\n"
+         "    d_alpha = alpha * (a * (1 - t) / 2 + b / 2)\n    beta = torch.sqrt(1 - alpha ** 2)\n"
+         "    return d_alpha * x1 - alpha * d_alpha / beta * x0"),
+        ("def my_ot_pairs(x0, x1):\n    # your code here\n    return None",
+         "def my_ot_pairs(x0, x1):\n    col = rf.linear_sum_assignment(torch.cdist(x0, x1).pow(2).double().numpy())\n"
+         "    return x1[torch.from_numpy(col)]"),
+        ("winner_at_2 = None   # your code here", "winner_at_2 = min(W, key=lambda m: W[m][1])"),
+    ],
 }
 
 
