@@ -2,7 +2,7 @@
 
     flow     Eq. (1): X_t = t X_1 + (1 - t) X_0, target X_1 - X_0, the loss, time sampling
     paths    the nonlinear extension X_t = alpha_t X_1 + beta_t X_0: linear, VP, cosine
-    ode      Euler / Heun / RK4 solvers for dZ_t = v(Z_t, t) dt
+    ode      Euler / Heun / RK4 solvers for dZ_t = v(Z_t, t) dt over any span, `invert` (data -> noise)
     couplings  independent, stored pairs, minibatch optimal transport
     reflow   rectification, reflow pairs (Algorithm 1)
     distill  one-step / k-step students (Algorithm 1, "Distill")
@@ -12,12 +12,12 @@ from .couplings import independent_coupling, minibatch_ot_pairs, pairs_coupling
 from .distill import distill_loss, mse, train_student
 from .flow import call_velocity, interpolate, rf_loss, sample_time, velocity_target
 from .metrics import linear_sum_assignment, straightness, w2
-from .ode import SOLVERS, euler, solve
+from .ode import SOLVERS, euler, invert, solve
 from .paths import PATHS, Path, get_path
 from .reflow import generate_pairs, load_pairs, save_pairs, train_flow
 from .train import fit, fit_coupling
 
-__all__ = ["interpolate", "velocity_target", "sample_time", "rf_loss", "call_velocity", "solve", "euler",
+__all__ = ["interpolate", "velocity_target", "sample_time", "rf_loss", "call_velocity", "solve", "euler", "invert",
            "SOLVERS", "independent_coupling", "pairs_coupling",
            "minibatch_ot_pairs", "PATHS", "Path", "get_path", "train_flow", "generate_pairs",
            "save_pairs", "load_pairs", "distill_loss", "train_student", "mse", "straightness", "w2",
