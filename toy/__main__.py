@@ -1,7 +1,7 @@
 """python -m toy: 1-RF -> reflow -> 2-RF (-> 3-RF) -> one-step distillation on a 2D dataset.
 
-Prints a table (stage x straightness, W2 at 1/2/4/100 Euler steps, seconds) and writes
-metrics.json, samples.npz and figures to --out.
+Prints a table (stage x straightness, W2 at 1/2/4/100 Euler steps, seconds) and the error of
+inverting then regenerating the target points, and writes metrics.json, samples.npz and figures to --out.
 
 python -m toy compare: interpolations (linear, VP, cosine), couplings (independent, minibatch OT,
 reflow) and one-step students side by side on one budget (toy/compare.py); writes compare.json,
@@ -21,7 +21,7 @@ from .datasets import DATASETS
 from .compare import CompareConfig, run_compare
 from .compare import __doc__ as compare_doc
 from .experiment import Config, run
-from .plots import plot_samples, plot_straightness, plot_trajectories, plot_w2_vs_steps
+from .plots import plot_inversion, plot_samples, plot_straightness, plot_trajectories, plot_w2_vs_steps
 
 
 def positive_int(text):
@@ -94,6 +94,11 @@ def format_table(metrics):
         key = "distill" if stage.endswith("distilled") else stage
         lines.append(row + f"{secs.get(key, 0.0):>9.1f}")
     lines.append(f"W2 between two target sets (floor of the estimate): {metrics['w2_floor']:.3f}")
+    lines.append("invert then generate, E||x_1' - x_1||^2 on the target points, N steps each way "
+                 "(the student: N backward steps of its teacher, 1 forward):")
+    lines.append(f"{'':<18}" + "".join(f"{'N=' + k:>10}" for k in steps))
+    for stage, errs in metrics.get("inversion", {}).items():
+        lines.append(f"{stage:<18}" + "".join(f"{errs[k]:>10.3f}" for k in steps))
     return "\n".join(lines)
 
 
@@ -142,9 +147,10 @@ def main(argv=None):
     plot_samples(res, args.out / "samples.png")
     plot_trajectories(res, args.out / "trajectories.png")
     plot_straightness(res, args.out / "straightness.png")
+    plot_inversion(res, args.out / "inversion.png")
     print(format_table(res.metrics))
     print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {peak_rss_gb():.2f} GB; wrote metrics.json, samples.npz, "
-          f"samples.png, trajectories.png, straightness.png to {args.out}")
+          f"samples.png, trajectories.png, straightness.png, inversion.png to {args.out}")
     return 0
 
 

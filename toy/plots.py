@@ -91,6 +91,22 @@ def plot_w2_vs_steps(res, path=None):
     return _save(fig, path)
 
 
+def plot_inversion(res, path=None):
+    """Invert-then-generate error against the number of Euler steps each way, one curve per model."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for i, (name, errs) in enumerate(res.metrics["inversion"].items()):
+        steps = sorted(int(n) for n in errs)
+        ax.plot(steps, [errs[str(n)] for n in steps], "o-", color=f"C{i}", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Euler steps N (backwards, then forwards)")
+    ax.set_ylabel("E||x_1' - x_1||^2 (log)")
+    ax.set_title("inversion: the straighter the flow, the fewer steps", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path):
     if path is not None:
         fig.savefig(path, dpi=110)
