@@ -2,7 +2,9 @@
 
 One-step (by default) text-to-image with a rectified-flow SD model such as InstaFlow: prints the
 time of the text encoder, of each Euler step and of the VAE; writes a grid when --batch > 1.
-Bad input (sizes, steps, prompts, a missing or wrong model) exits with code 2 and a message.
+--init-image PATH --strength S: image-to-image (start at t = 1 - S on the line to the image's latents).
+--noise FILE: start from a noise written by `python -m sd.invert` (regenerate or edit an image).
+Bad input (sizes, steps, prompts, a missing or wrong model, an unreadable image) exits with code 2.
 """
 import argparse
 import math
@@ -12,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .images import ImageError, fit, read_image
 from .loaders import CheckpointError
 from .pipeline import PipelineError, default_sampler, load_pipeline
-from .safetensors_io import SafetensorsError
+from .safetensors_io import SafetensorsError, load_file
 from .tokenizer import TokenizerError
+
+ERRORS = (PipelineError, CheckpointError, SafetensorsError, TokenizerError, ImageError, RuntimeError)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -39,6 +44,17 @@ def save_png(array, path):
     matplotlib.image.imsave(path, array)
 
 
+def read_noise(path):
+    """The "noise" tensor [B, C, h, w] of a file written by `python -m sd.invert`."""
+    if not Path(path).is_file():
+        raise PipelineError(f"--noise {path}: no such file")
+    tensors = load_file(path)
+    if "noise" not in tensors or tensors["noise"].ndim != 4:
+        raise PipelineError(f"{path}: not a noise file (expected a tensor 'noise' [B, C, h, w], found "
+                            f"{ {k: tuple(v.shape) for k, v in tensors.items()} })")
+    return tensors["noise"].float()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sd.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,8 +66,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, help="pixels (default 512, or the init image's / noise's size)")
+    p.add_argument("--width", type=int, help="pixels (default 512, or the init image's / noise's size)")
     p.add_argument("--batch", type=int, default=1, help="images per prompt")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -59,17 +75,32 @@ def main(argv=None):
     p.add_argument("--sampler", choices=["euler", "ddim", "dpm++", "auto"], default="euler",
                    help="euler: rectified flow (InstaFlow, 2-RF; default); ddim / dpm++: an epsilon-prediction "
                         "teacher such as SD 1.5; auto: from the folder's scheduler config")
+    p.add_argument("--init-image", type=Path, help="PNG/JPEG to start from (image-to-image)")
+    p.add_argument("--strength", type=float, default=0.6,
+                   help="with --init-image: how far back towards noise to start, in (0, 1] (default 0.6; 1 = text-to-image)")
+    p.add_argument("--noise", type=Path, help="start from this noise (a .safetensors written by python -m sd.invert)")
     p.add_argument("--out", type=Path, default=Path("image.png"))
     args = p.parse_args(argv)
     try:
         dev = torch.device(args.device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise PipelineError(f"--device {args.device}: CUDA is not available")
+        kw = dict(height=args.height, width=args.width)
+        if args.init_image and args.noise:
+            raise PipelineError("give --init-image or --noise, not both")
+        if args.init_image:
+            kw["init_image"], note = fit(read_image(args.init_image), args.height, args.width)
+            kw.update(strength=args.strength, height=None, width=None)
+            if note:
+                print(note)
         pipe = load_pipeline(args.model, dtype=DTYPES[args.dtype], device=dev)
+        if args.noise:
+            kw["latents"] = read_noise(args.noise)
+            kw["height"], kw["width"] = (n * pipe.vae_factor for n in kw["latents"].shape[-2:])
         sampler = default_sampler(pipe.path) if args.sampler == "auto" else args.sampler
         out = pipe(args.prompt, args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                   height=args.height, width=args.width, batch=args.batch, compile=args.compile, sampler=sampler)
-    except (PipelineError, CheckpointError, SafetensorsError, TokenizerError, RuntimeError) as e:
+                   batch=args.batch, compile=args.compile, sampler=sampler, **kw)
+    except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     images = out.images

@@ -7,6 +7,9 @@
                        X <- X + (1/N) v
     image = VAE.decode(X / scaling_factor), mapped from [-1, 1] to uint8.
 
+Image-to-image (SDEdit in rectified-flow time) starts the same loop at t0 = 1 - strength from
+X_t0 = t0 X_1^img + (1 - t0) X_0; `invert` runs it backwards from an image's latents to noise.
+
 With sampler="ddim" or "dpm++" the same pipeline samples an epsilon-prediction teacher (SD 1.5)
 with the solvers of sd/samplers.py instead.
 """
@@ -22,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rectflow.checks import positive_int
 
+from .images import ImageError, to_model_range
 from .loaders import locate, load_text_encoder, load_unet, load_vae
 from .sampling import SAMPLER_NAMES, sample
 from .tokenizer import load_tokenizer
@@ -101,9 +105,14 @@ class Pipeline:
         ids = self.tokenizer(prompts).to(self.device)
         return self.text_encoder(ids).to(self.dtype)
 
-    @torch.no_grad()
-    def __call__(self, prompt, negative_prompt=None, steps=1, guidance=1.0, seed=0, height=512, width=512,
-                 batch=1, latents=None, return_latents=False, compile=False, progress=True, sampler="euler"):
+    def encode_image(self, images):
+        """X_1 of images: the VAE posterior mean times the scaling factor (uint8 [H, W, 3] or [B, H, W, 3],
+        or floats [B, 3, H, W] in [-1, 1])."""
+        x = images if torch.is_tensor(images) and images.is_floating_point() else to_model_range(images)
+        vae_dtype = next(self.vae.parameters()).dtype
+        return (self.vae.encode(x.to(self.device, vae_dtype)) * self.vae.scaling_factor).to(self.dtype).contiguous()
+
+    def _prompts(self, prompt, negative_prompt, batch):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise PipelineError("no prompt given")
@@ -111,13 +120,51 @@ class Pipeline:
             [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt))
         if len(negatives) != len(prompts):
             raise PipelineError(f"{len(prompts)} prompt(s) but {len(negatives)} negative prompt(s): give one per prompt")
+        positive_int(batch, "batch", PipelineError)
+        return [p for p in prompts for _ in range(batch)], [n for n in negatives for _ in range(batch)]
+
+    def _context(self, prompts, negatives, cfg):
+        context = self.encode_prompts(prompts)
+        if cfg:                                                 # negatives first, as the reference
+            context = torch.cat([self.encode_prompts(negatives), context])
+        return context
+
+    def _init_latents(self, init_image, n, height, width):
+        """The init image as model input [1 or n, 3, H, W], and the size it fixes."""
+        try:
+            init = to_model_range(init_image)
+        except ImageError as e:
+            raise PipelineError(f"init_image: {e}") from None
+        ih, iw = init.shape[-2:]
+        want = (ih if height is None else height, iw if width is None else width)
+        if want != (ih, iw):
+            raise PipelineError(f"init_image is {ih}x{iw} pixels but height x width asks for {want[0]}x{want[1]}: "
+                                f"resize the image first (sd.images.fit; the CLI does it)")
+        if init.shape[0] not in (1, n):
+            raise PipelineError(f"{init.shape[0]} init images for {n} prompt(s) x batch: give one, or one each")
+        return init, ih, iw
+
+    @torch.no_grad()
+    def __call__(self, prompt, negative_prompt=None, steps=1, guidance=1.0, seed=0, height=None, width=None,
+                 batch=1, latents=None, return_latents=False, compile=False, progress=True, sampler="euler",
+                 init_image=None, strength=1.0):
+        """Text-to-image (height, width: 512 by default), or image-to-image with `init_image` (uint8
+        [H, W, 3], its size is the output's) and `strength` in (0, 1]: the flow starts at
+        t0 = 1 - strength from X_t0 = t0 X_1^img + (1 - t0) X_0 (Eq. (1)) and takes `steps` Euler steps of
+        (1 - t0) / steps to t = 1. strength 1 is text-to-image with the same seed."""
+        prompts, negatives = self._prompts(prompt, negative_prompt, batch)
+        if init_image is not None:
+            init, height, width = self._init_latents(init_image, len(prompts), height, width)
+        height, width = 512 if height is None else height, 512 if width is None else width
         for name, val in (("height", height), ("width", width)):
             check_size(name, val, 8)
         if sampler not in SAMPLER_NAMES:
             raise PipelineError(f"unknown sampler {sampler!r}: choose {', '.join(SAMPLER_NAMES)}")
         positive_int(steps, "steps", PipelineError)
-        positive_int(batch, "batch", PipelineError)
-        prompts, negatives = [p for p in prompts for _ in range(batch)], [n for n in negatives for _ in range(batch)]
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise PipelineError(f"strength must lie in (0, 1], got {strength!r}")
+        if init_image is not None and sampler != "euler":
+            raise PipelineError(f"image-to-image runs the rectified flow ('euler'), not {sampler!r}")
         cfg, dev, secs = guidance > 1.0, self.device, {}
 
         def sync():
@@ -125,9 +172,7 @@ class Pipeline:
                 torch.cuda.synchronize()
 
         t0 = time.perf_counter()
-        context = self.encode_prompts(prompts)
-        if cfg:                                                 # negatives first, as the reference
-            context = torch.cat([self.encode_prompts(negatives), context])
+        context = self._context(prompts, negatives, cfg)
         sync()
         secs["text_encoder"] = time.perf_counter() - t0
         shape = self.latent_shape(len(prompts), height, width)
@@ -136,6 +181,13 @@ class Pipeline:
         elif tuple(latents.shape) != shape:
             raise PipelineError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(dev).to(self.dtype)
+        start = 0.0
+        if init_image is not None:                              # SDEdit in rectified-flow time
+            start = 1.0 - strength
+            x1 = self.encode_image(init).expand(len(prompts), -1, -1, -1)
+            # Eq. (1): X_t0 = t0 X_1 + (1 - t0) X_0; contiguous, or the UNet's convolutions may take another
+            # memory layout than text-to-image's and strength 1 would differ from it in the last bits
+            latents = (start * x1 + (1 - start) * latents).contiguous()
         secs["steps"], bar = [], tqdm(total=steps, desc=sampler, disable=not progress, leave=False)
         last = time.perf_counter()
 
@@ -147,13 +199,31 @@ class Pipeline:
             bar.update()
 
         unet, vae_decode = self.networks(compile)
-        latents = sample(unet, context, latents, steps, guidance, sampler, compile, callback=tick)
+        latents = sample(unet, context, latents, steps, guidance, sampler, compile, callback=tick, t0=start)
         bar.close()
         t0 = time.perf_counter()
         images = vae_decode(latents.to(next(self.vae.parameters()).dtype) / self.vae.scaling_factor)
         sync()
         secs["vae"] = time.perf_counter() - t0
         return Output(to_uint8(images), latents if return_latents else None, secs)
+
+    @torch.no_grad()
+    def invert(self, prompt, image, steps=1, guidance=1.0, negative_prompt=None, compile=False):
+        """The noise X_0 that the flow maps to `image` (uint8 [H, W, 3], sides multiples of 8): its
+        latents X_1 run backwards with `steps` Euler steps from t = 1 to 0 (CFG as in sampling),
+            X_{t - 1/N} = X_t - (1/N) v(X_t, t, c).
+        Regenerate with pipe(prompt, latents=X_0, steps=...); editing: invert with one prompt,
+        regenerate with another. Exact for a straight flow, approximate for a curved one."""
+        prompts, negatives = self._prompts(prompt, negative_prompt, 1)
+        init, height, width = self._init_latents(image, len(prompts), None, None)
+        for name, val in (("height", height), ("width", width)):
+            check_size(name, val, 8)
+        positive_int(steps, "steps", PipelineError)
+        cfg = guidance > 1.0
+        x1 = self.encode_image(init).expand(len(prompts), -1, -1, -1)
+        unet, _ = self.networks(compile)
+        return sample(unet, self._context(prompts, negatives, cfg), x1, steps, guidance, "euler", compile,
+                      t0=1.0, t1=0.0)
 
     def interpolate(self, prompt, seed_a, seed_b, frames=8, **kw):
         """Images along the slerp between two seeds' noises, one call (InstaFlow: one step) per frame."""

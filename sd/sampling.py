@@ -5,6 +5,10 @@
                                X <- X + (1/N) v                      (Euler, X_{t+dt} = X_t + dt v)
     epsilon teachers ("ddim", "dpm++"): the solvers of sd/samplers.py on the same UNet.
 With guidance w > 1 the context holds [negatives; prompts] and v = v_neg + w (v_text - v_neg) (CFG).
+
+The rectified flow may also run over a part of the time span, or backwards: from t0 to t1 in N steps
+of dt = (t1 - t0) / N, t_i = t0 + (t1 - t0) i / N. Image-to-image starts at t0 = 1 - strength;
+inversion runs from t0 = 1 (the image's latents) to t1 = 0 (noise): X_{t - |dt|} = X_t - |dt| v(X_t, t).
 """
 import torch
 
@@ -40,17 +44,23 @@ def guided_model(unet, context, guidance):
     return model
 
 
-def sample(unet, context, latents, steps, guidance=1.0, sampler="euler", compile=False, callback=None):
-    """Integrate from the noise `latents` to the data end with `steps` model calls; returns the latents.
-    callback(i, x) runs after every step."""
+def sample(unet, context, latents, steps, guidance=1.0, sampler="euler", compile=False, callback=None,
+           t0=0.0, t1=1.0):
+    """Integrate from the `latents` at time t0 (noise: 0) to t1 (data: 1) with `steps` model calls;
+    returns the latents. callback(i, x) runs after every step. Spans other than [0, 1] (image-to-image,
+    inversion) are for the rectified flow's Euler steps only."""
     if sampler not in SAMPLER_NAMES:
         raise ValueError(f"unknown sampler {sampler!r}: choose {', '.join(SAMPLER_NAMES)}")
     cfg = guidance > 1.0
     if sampler != "euler":
+        if (t0, t1) != (0.0, 1.0):
+            raise ValueError(f"sampler {sampler!r} runs from noise to data only; image-to-image and inversion "
+                             f"take the rectified flow's 'euler'")
         return SAMPLERS[sampler](guided_model(unet, context, guidance), latents, steps, callback=callback)
-    step, dt = fused_step(compile), 1.0 / steps
+    step, dt = fused_step(compile), (t1 - t0) / steps   # dt < 0 backwards
     for i in range(steps):
-        t = torch.full((latents.shape[0] * (2 if cfg else 1),), rf_timestep(i / steps), device=latents.device)
+        t_i = t0 + (t1 - t0) * i / steps                    # = i / N on [0, 1]
+        t = torch.full((latents.shape[0] * (2 if cfg else 1),), rf_timestep(t_i), device=latents.device)
         v = unet(torch.cat([latents] * 2) if cfg else latents, t, context)
         latents = step(latents, v, float(guidance), dt, cfg)   # the fused CFG + Euler step
         if callback:

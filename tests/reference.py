@@ -3,8 +3,10 @@ tests/test_pipeline.py and the baseline of bench/pipeline.py."""
 import torch
 
 
-def instaflow_reference(unet, vae, text, tok, prompts, negatives, steps, guidance, seed, size):
-    """InstaFlow's released sampling loop, on diffusers/transformers modules."""
+def instaflow_reference(unet, vae, text, tok, prompts, negatives, steps, guidance, seed, size, init=None, strength=1.0):
+    """InstaFlow's released sampling loop, on diffusers/transformers modules. With `init` (float images
+    [B, 3, H, W] in [-1, 1]) it is image-to-image: start at t0 = 1 - strength on the straight line
+    between the seeded noise and the image's latents, then Euler steps of (1 - t0) / steps."""
     dev, dtype = unet.device, unet.dtype
 
     def embed(p):
@@ -13,11 +15,17 @@ def instaflow_reference(unet, vae, text, tok, prompts, negatives, steps, guidanc
     cfg = guidance > 1
     emb = torch.cat([embed(negatives), embed(prompts)]) if cfg else embed(prompts)
     f = 2 ** (len(vae.config.block_out_channels) - 1)        # 2 for this tiny VAE, 8 for SD's
-    latents = torch.randn((len(prompts), 4, size // f, size // f), generator=torch.Generator("cpu").manual_seed(seed))
+    h, w = (size, size) if isinstance(size, int) else size
+    latents = torch.randn((len(prompts), 4, h // f, w // f), generator=torch.Generator("cpu").manual_seed(seed))
     latents = latents.to(dev, dtype)
-    dt = 1.0 / steps
+    t0 = 0.0
+    if init is not None:
+        x1 = vae.encode(init.to(dev, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+        t0 = 1.0 - strength
+        latents = t0 * x1.to(dtype) + (1 - t0) * latents
+    dt = (1.0 - t0) / steps
     for i in range(steps):
-        t = (1.0 - i / steps) * 1000.0
+        t = (1.0 - (t0 + (1.0 - t0) * i / steps)) * 1000.0
         inp = torch.cat([latents] * 2) if cfg else latents
         v = unet(inp, torch.ones(inp.shape[0], device=dev) * t, encoder_hidden_states=emb).sample
         if cfg:

@@ -10,34 +10,11 @@ import torch
 
 from sd.euler import cfg_euler_step, fused_step
 from sd.pipeline import PipelineError, load_pipeline, noise, slerp
-from sd.tokenizer import byte_vocab
 from tests.conftest import ROOT
 from tests.reference import instaflow_reference as reference
-from tests.test_sd_models import ref_unet, ref_vae
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A tiny SD-layout model folder: unet/, vae/, text_encoder/, tokenizer/ (byte-level vocabulary)."""
-    root = tmp_path_factory.mktemp("tiny-instaflow")
-    unet, vae = ref_unet(), ref_vae()
-    unet.save_pretrained(root / "unet")
-    vae.save_pretrained(root / "vae")
-    vocab = byte_vocab()
-    (root / "tokenizer").mkdir()
-    (root / "tokenizer" / "vocab.json").write_text(json.dumps(vocab))
-    (root / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
-    cfg = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
-                                      bos_token_id=512, eos_token_id=513, pad_token_id=513)
-    torch.manual_seed(3)
-    text = transformers.CLIPTextModel(cfg).eval()
-    text.save_pretrained(root / "text_encoder")
-    tok = transformers.CLIPTokenizer(str(root / "tokenizer" / "vocab.json"), str(root / "tokenizer" / "merges.txt"))
-    return root, unet, vae, text, tok
 
 
 @pytest.mark.parametrize("steps,guidance", [(1, 1.0), (3, 1.0), (2, 4.0)])

@@ -7,7 +7,6 @@ import torch
 
 from sd.pipeline import default_sampler, load_pipeline
 from sd.samplers import eps_to_rf, sample_ddim, sd_alphas_cumprod
-from tests.test_pipeline import model  # noqa: F401 - the tiny model folder fixture
 
 diffusers = pytest.importorskip("diffusers")
 SD15 = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
