@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .deltas import merge_delta
 from .images import ImageError, fit, read_image
 from .loaders import CheckpointError
 from .pipeline import PipelineError, default_sampler, load_pipeline
@@ -42,6 +43,15 @@ def save_png(array, path):
     matplotlib.use("Agg")
     import matplotlib.image
     matplotlib.image.imsave(path, array)
+
+
+def split_alpha(base, finetuned):
+    """BASE, FINETUNED[:ALPHA] -> (base, finetuned, alpha); ALPHA defaults to 1."""
+    head, sep, tail = finetuned.rpartition(":")
+    try:
+        return base, (head if sep else finetuned), float(tail) if sep else 1.0
+    except ValueError:
+        return base, finetuned, 1.0
 
 
 def read_noise(path):
@@ -79,6 +89,9 @@ def main(argv=None):
     p.add_argument("--strength", type=float, default=0.6,
                    help="with --init-image: how far back towards noise to start, in (0, 1] (default 0.6; 1 = text-to-image)")
     p.add_argument("--noise", type=Path, help="start from this noise (a .safetensors written by python -m sd.invert)")
+    p.add_argument("--merge-delta", nargs=2, metavar=("BASE", "FINETUNED[:ALPHA]"),
+                   help="add ALPHA (default 1) x (FINETUNED - BASE) to the UNet and take FINETUNED's VAE and text "
+                        "encoder (InstaFlow's recipe for fine-tuned SD 1.5 models such as dreamshaper-7)")
     p.add_argument("--out", type=Path, default=Path("image.png"))
     args = p.parse_args(argv)
     try:
@@ -94,6 +107,10 @@ def main(argv=None):
             if note:
                 print(note)
         pipe = load_pipeline(args.model, dtype=DTYPES[args.dtype], device=dev)
+        if args.merge_delta:
+            base, finetuned, alpha = split_alpha(*args.merge_delta)
+            merge_delta(pipe, base, finetuned, alpha)
+            print(f"merged {alpha:g} x (fine-tuned - base) into the UNet; VAE and text encoder from {finetuned}")
         if args.noise:
             kw["latents"] = read_noise(args.noise)
             kw["height"], kw["width"] = (n * pipe.vae_factor for n in kw["latents"].shape[-2:])

@@ -227,8 +227,8 @@ def _unet_config_from_ldm(sd, base):
 
 # ---- public loaders ----------------------------------------------------------------------------
 
-def _load(path, component, cls, dtype, device, variant, config, from_single):
-    """Config and weights from a component folder or a single file, then `config` on top."""
+def _state_dict(path, component, variant, from_single):
+    """(config, state dict in our names, where): tensors memory-mapped from safetensors, nothing built."""
     kind, where = _resolve(path, component)
     if kind == "folder":
         cfg = json.loads((where / "config.json").read_text())
@@ -237,9 +237,28 @@ def _load(path, component, cls, dtype, device, variant, config, from_single):
             sd.update(read_weights(f))
         if component == "text_encoder":
             sd = _strip_text(sd)
-    else:
-        cfg, sd = from_single(where)
+        return cfg, sd, where
+    cfg, sd = from_single(where)
+    return cfg, sd, where
+
+
+def _load(path, component, cls, dtype, device, variant, config, from_single):
+    """Config and weights from a component folder or a single file, then `config` on top."""
+    cfg, sd, where = _state_dict(path, component, variant, from_single)
     return _build(cls, {**cfg, **(config or {})}, sd, where, dtype, device)
+
+
+def _unet_single(f):
+    part = _single_file(f, "model.diffusion_model.")
+    cfg = _unet_config_from_ldm(part, SD15_UNET)
+    return cfg, ldm_unet_to_diffusers(part, cfg["layers_per_block"])
+
+
+def unet_state_dict(path, variant=None):
+    """The UNet's weights of a folder or single file in our names, memory-mapped (safetensors), without
+    building a model: (state dict, where). For reading two checkpoints tensor by tensor (sd/deltas.py)."""
+    _, sd, where = _state_dict(path, "unet", variant, _unet_single)
+    return sd, where
 
 
 def load_unet(path, dtype=None, device="cpu", variant=None, config=None):
@@ -247,11 +266,7 @@ def load_unet(path, dtype=None, device="cpu", variant=None, config=None):
     For single files, widths, depth, context width and projection type are read off the weights;
     the number of heads and of GroupNorm groups are not visible there and default to SD 1.x's
     (attention_head_dim=8, norm_num_groups=32)."""
-    def single(f):
-        part = _single_file(f, "model.diffusion_model.")
-        cfg = _unet_config_from_ldm(part, SD15_UNET)
-        return cfg, ldm_unet_to_diffusers(part, cfg["layers_per_block"])
-    return _load(path, "unet", UNet, dtype, device, variant, config, single)
+    return _load(path, "unet", UNet, dtype, device, variant, config, _unet_single)
 
 
 def load_vae(path, dtype=None, device="cpu", variant=None, config=None):
