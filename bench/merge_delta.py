@@ -88,7 +88,7 @@ def main():
         merge_delta(pipe, args.dir / "base", args.dir / "finetuned", 0.8, take_vae_and_text=False)
     secs = time.perf_counter() - t0
     print(f"merge_delta, SD 1.5 UNet in {args.dtype} ({sum(sizes) / gib:.2f} GiB, {len(sizes)} tensors), {secs:.1f} s")
-    print(f"| quantity | GiB |\n| --- | ---: |")
+    print("| quantity | GiB |\n| --- | ---: |")
     print(f"| one UNet | {sum(sizes) / gib:.3f} |")
     print(f"| largest UNet tensor | {max(sizes) / gib:.3f} |")
     print(f"| peak growth of anonymous memory during the merge | {(peak.peak['RssAnon'] - anon0) / gib:.3f} |")
