@@ -62,8 +62,8 @@ class CompareConfig(Config):
 
 def run_compare(cfg: CompareConfig):
     b = Bench(cfg)
-    ds, fit_kw = b.ds, b.fit_kw
-    models, pairs, pair_cost, cost = {}, {}, {}, {}
+    ds, fit_kw, models = b.ds, b.fit_kw, b.res.models       # Bench.score keeps every scored model
+    pairs, pair_cost, cost = {}, {}, {}
 
     def account(name, parent, seconds, steps, assign=0.0):
         """Cost from scratch: the parent's, plus the parent's pairs if any, plus this stage's."""
@@ -82,8 +82,8 @@ def run_compare(cfg: CompareConfig):
         return pairs[name]
 
     for name, (path, coupling, parent) in METHODS.items():
-        t0, assign = time.perf_counter(), 0.0
         if coupling in ("independent", "ot"):
+            t0, assign = time.perf_counter(), 0.0
             model = b.new_model()
             iters = 2 * cfg.iters if name.endswith("-2x") else cfg.iters
             if coupling == "independent":
@@ -96,23 +96,21 @@ def run_compare(cfg: CompareConfig):
             rf.train_flow(model, draw, iters, seed=cfg.seed, desc=name, path=path, **fit_kw)
             account(name, None, time.perf_counter() - t0, iters, assign=assign)
             b.score(name, model, cfg.steps)
-        elif coupling == "pairs":   # reflow: rectify the parent's coupling, from the parent's weights
-            z0, z1 = pairs_of(parent)
-            t0 = time.perf_counter()
-            model = copy.deepcopy(models[parent])
-            rf.train_flow(model, rf.pairs_coupling(z0, z1), cfg.iters, seed=cfg.seed + PAIR_SEEDS[parent],
-                          desc=name, path=path, **fit_kw)
-            account(name, parent, time.perf_counter() - t0, cfg.iters)
-            b.score(name, model, cfg.steps)
-        else:                       # one-step distillation of the parent's pairs
-            z0, z1 = pairs_of(parent)
-            t0 = time.perf_counter()
-            model = copy.deepcopy(models[parent])
-            rf.train_student(model, rf.pairs_coupling(z0, z1), cfg.distill_iters, k=1, seed=cfg.seed + 99,
-                             desc=name, **fit_kw)
-            account(name, parent, time.perf_counter() - t0, cfg.distill_iters)
-            b.score(name, model, (1,), flow=False)
-        models[name] = model
+            continue
+        # reflow ("pairs": rectify the parent's coupling) or one-step distillation ("distill") of the
+        # parent's pairs, both from the parent's weights
+        draw = rf.pairs_coupling(*pairs_of(parent))
+        t0 = time.perf_counter()
+        model = copy.deepcopy(models[parent])
+        if coupling == "pairs":
+            iters = cfg.iters
+            rf.train_flow(model, draw, iters, seed=cfg.seed + PAIR_SEEDS[parent], desc=name, path=path, **fit_kw)
+        else:
+            iters = cfg.distill_iters
+            rf.train_student(model, draw, iters, k=1, seed=cfg.seed + 99, desc=name, **fit_kw)
+        account(name, parent, time.perf_counter() - t0, iters)
+        flow = coupling == "pairs"
+        b.score(name, model, cfg.steps if flow else (1,), flow=flow)
     res = b.finish()
     for name, (path, coupling, parent) in METHODS.items():
         res.metrics["stages"][name].update(path=path, coupling=coupling, parent=parent, **cost[name])
