@@ -13,21 +13,18 @@ reader) and merged in chunks of 4M elements, so the merge allocates tens of MiB,
 """
 import torch
 
-from .loaders import CheckpointError, load_text_encoder, load_vae, unet_state_dict
+from .loaders import CheckpointError, check_keys, load_text_encoder, load_vae, unet_state_dict
 
 
 def check_delta(unet, base, finetuned):
-    """Key sets and shapes of the three UNets agree; else a CheckpointError naming keys and files."""
-    own = unet.state_dict()
-    (b, bw), (f, fw) = base, finetuned
+    """Both state dicts fit the UNet (loaders.check_keys: keys and shapes); else one CheckpointError
+    naming the keys and files of both."""
     problems = []
-    for sd, where in ((b, bw), (f, fw)):
-        missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-        shapes = [f"{k}: {tuple(sd[k].shape)} vs the pipeline's {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(sd)) if tuple(sd[k].shape) != tuple(own[k].shape)]
-        for name, items in (("missing", missing), ("unexpected", extra), ("wrong shape", shapes)):
-            if items:
-                problems.append(f"{where}: {name} ({len(items)}): " + ", ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
+    for sd, where in (base, finetuned):
+        try:
+            check_keys(unet, sd, where)
+        except CheckpointError as e:
+            problems.append(str(e))
     if problems:
         raise CheckpointError("the fine-tune delta does not fit the pipeline's UNet, nothing was changed:\n  "
                               + "\n  ".join(problems))

@@ -45,6 +45,14 @@ def save_png(array, path):
     matplotlib.image.imsave(path, array)
 
 
+def device_of(name):
+    """--device NAME as a torch.device; CUDA asked for where there is none is a PipelineError."""
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"--device {name}: CUDA is not available")
+    return dev
+
+
 def split_alpha(base, finetuned):
     """BASE, FINETUNED[:ALPHA] -> (base, finetuned, alpha); ALPHA defaults to 1."""
     head, sep, tail = finetuned.rpartition(":")
@@ -95,9 +103,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=Path("image.png"))
     args = p.parse_args(argv)
     try:
-        dev = torch.device(args.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise PipelineError(f"--device {args.device}: CUDA is not available")
+        dev = device_of(args.device)
         kw = dict(height=args.height, width=args.width)
         if args.init_image and args.noise:
             raise PipelineError("give --init-image or --noise, not both")

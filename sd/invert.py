@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .generate import DTYPES, ERRORS, save_png
+from .generate import DTYPES, ERRORS, device_of, save_png
 from .images import fit, psnr, read_image
-from .pipeline import PipelineError, load_pipeline
+from .pipeline import load_pipeline
 from .safetensors_io import save_file
 
 
@@ -36,9 +36,7 @@ def main(argv=None):
     p.add_argument("--reconstruction", type=Path, help="also write the regenerated image here (PNG)")
     args = p.parse_args(argv)
     try:
-        dev = torch.device(args.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise PipelineError(f"--device {args.device}: CUDA is not available")
+        dev = device_of(args.device)
         image, note = fit(read_image(args.image), args.height, args.width)
         if note:
             print(note)

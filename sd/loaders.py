@@ -83,7 +83,7 @@ def _resolve(path, component):
                           f"with config.json")
 
 
-def _check_keys(model, sd, where):
+def check_keys(model, sd, where):
     """Strict loading: list missing, unexpected and shape-mismatched keys, all at once."""
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
@@ -103,7 +103,7 @@ def _build(cls, config, sd, where, dtype, device):
             model = cls(config)
     except ValueError as e:                      # a config the model cannot build, fields named
         raise CheckpointError(f"{where}: {e}") from None
-    _check_keys(model, sd, where)
+    check_keys(model, sd, where)
     model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()
 

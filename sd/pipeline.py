@@ -27,7 +27,7 @@ from rectflow.checks import positive_int
 
 from .images import ImageError, to_model_range
 from .loaders import locate, load_text_encoder, load_unet, load_vae
-from .sampling import SAMPLER_NAMES, sample
+from .sampling import SAMPLER_NAMES, cfg_context, sample
 from .tokenizer import load_tokenizer
 
 
@@ -123,11 +123,11 @@ class Pipeline:
         positive_int(batch, "batch", PipelineError)
         return [p for p in prompts for _ in range(batch)], [n for n in negatives for _ in range(batch)]
 
-    def _context(self, prompts, negatives, cfg):
-        context = self.encode_prompts(prompts)
-        if cfg:                                                 # negatives first, as the reference
-            context = torch.cat([self.encode_prompts(negatives), context])
-        return context
+    def _context(self, prompts, negatives, guidance):
+        """The UNet context: [negatives; prompts] with CFG (sampling.cfg_context), in the UNet's dtype."""
+        ids = self.tokenizer(prompts).to(self.device)
+        neg = self.tokenizer(negatives) if guidance > 1.0 else None
+        return cfg_context(self.text_encoder, ids, neg, guidance).to(self.dtype)
 
     def _init_latents(self, init_image, n, height, width):
         """The init image as model input [1 or n, 3, H, W], and the size it fixes."""
@@ -165,14 +165,14 @@ class Pipeline:
             raise PipelineError(f"strength must lie in (0, 1], got {strength!r}")
         if init_image is not None and sampler != "euler":
             raise PipelineError(f"image-to-image runs the rectified flow ('euler'), not {sampler!r}")
-        cfg, dev, secs = guidance > 1.0, self.device, {}
+        dev, secs = self.device, {}
 
         def sync():
             if dev.type == "cuda":
                 torch.cuda.synchronize()
 
         t0 = time.perf_counter()
-        context = self._context(prompts, negatives, cfg)
+        context = self._context(prompts, negatives, guidance)
         sync()
         secs["text_encoder"] = time.perf_counter() - t0
         shape = self.latent_shape(len(prompts), height, width)
@@ -219,10 +219,9 @@ class Pipeline:
         for name, val in (("height", height), ("width", width)):
             check_size(name, val, 8)
         positive_int(steps, "steps", PipelineError)
-        cfg = guidance > 1.0
         x1 = self.encode_image(init).expand(len(prompts), -1, -1, -1)
         unet, _ = self.networks(compile)
-        return sample(unet, self._context(prompts, negatives, cfg), x1, steps, guidance, "euler", compile,
+        return sample(unet, self._context(prompts, negatives, guidance), x1, steps, guidance, "euler", compile,
                       t0=1.0, t1=0.0)
 
     def interpolate(self, prompt, seed_a, seed_b, frames=8, **kw):
