@@ -1,6 +1,30 @@
 """InstaFlow's released sampling loop written on diffusers / transformers modules: the oracle of
-tests/test_pipeline.py and the baseline of bench/pipeline.py."""
+tests/test_pipeline.py and tests/test_img2img.py and the baseline of bench/pipeline.py; and the
+same loop run backwards (inversion)."""
 import torch
+
+
+def embed_cfg(text, tok, prompts, negatives, guidance, dev, dtype):
+    """The UNet context: [negatives; prompts] with CFG (guidance > 1), else the prompts'."""
+    def embed(p):
+        ids = tok(p, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        return text(ids.to(dev)).last_hidden_state.to(dtype)
+    return torch.cat([embed(negatives), embed(prompts)]) if guidance > 1 else embed(prompts)
+
+
+def instaflow_inversion(unet, vae, text, tok, prompt, init, steps, guidance):
+    """Backward Euler from the image's latents: X_{t - 1/N} = X_t - (1/N) v(X_t, t), t = 1, ..., 1/N."""
+    cfg = guidance > 1
+    ctx = embed_cfg(text, tok, [prompt], [""], guidance, unet.device, unet.dtype)
+    x = vae.encode(init).latent_dist.mean * vae.config.scaling_factor
+    for i in range(steps):
+        t = 1.0 - i / steps
+        v = unet(torch.cat([x] * 2) if cfg else x, torch.full((2 if cfg else 1,), (1.0 - t) * 1000.0),
+                 encoder_hidden_states=ctx).sample
+        if cfg:
+            v = v[:1] + guidance * (v[1:] - v[:1])
+        x = x - v / steps
+    return x
 
 
 def instaflow_reference(unet, vae, text, tok, prompts, negatives, steps, guidance, seed, size, init=None, strength=1.0):
@@ -8,12 +32,8 @@ def instaflow_reference(unet, vae, text, tok, prompts, negatives, steps, guidanc
     [B, 3, H, W] in [-1, 1]) it is image-to-image: start at t0 = 1 - strength on the straight line
     between the seeded noise and the image's latents, then Euler steps of (1 - t0) / steps."""
     dev, dtype = unet.device, unet.dtype
-
-    def embed(p):
-        ids = tok(p, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        return text(ids.to(dev)).last_hidden_state.to(dtype)
     cfg = guidance > 1
-    emb = torch.cat([embed(negatives), embed(prompts)]) if cfg else embed(prompts)
+    emb = embed_cfg(text, tok, prompts, negatives, guidance, dev, dtype)
     f = 2 ** (len(vae.config.block_out_channels) - 1)        # 2 for this tiny VAE, 8 for SD's
     h, w = (size, size) if isinstance(size, int) else size
     latents = torch.randn((len(prompts), 4, h // f, w // f), generator=torch.Generator("cpu").manual_seed(seed))

@@ -11,6 +11,7 @@ from sd.images import psnr, read_image, to_model_range
 from sd.pipeline import PipelineError, load_pipeline
 from sd.safetensors_io import load_file, save_file
 from tests.conftest import ROOT
+from tests.reference import instaflow_inversion as inversion_reference
 from tests.reference import instaflow_reference as reference
 
 pytest.importorskip("diffusers")
@@ -60,30 +61,12 @@ def test_strength_1_is_text_to_image_and_a_small_strength_returns_the_vae_round_
     assert np.abs(out.images.astype(int) - ref.astype(int)).max() <= 1
 
 
-def _reference_inversion(model, prompt, img, steps, guidance):
-    """Backward Euler on diffusers modules: X_{t - 1/N} = X_t - (1/N) v(X_t, t), t = 1, ..., 1/N."""
-    _, unet, vae, text, tok = model
-    emb = lambda p: text(tok(p, padding="max_length", max_length=77, truncation=True,  # noqa: E731
-                             return_tensors="pt").input_ids).last_hidden_state
-    cfg = guidance > 1
-    ctx = torch.cat([emb([""]), emb([prompt])]) if cfg else emb([prompt])
-    x = vae.encode(to_model_range(img)).latent_dist.mean * vae.config.scaling_factor
-    for i in range(steps):
-        t = 1.0 - i / steps
-        v = unet(torch.cat([x] * 2) if cfg else x, torch.full((2 if cfg else 1,), (1.0 - t) * 1000.0),
-                 encoder_hidden_states=ctx).sample
-        if cfg:
-            v = v[:1] + guidance * (v[1:] - v[:1])
-        x = x - v / steps
-    return x
-
-
 @pytest.mark.parametrize("steps,guidance", [(1, 1.0), (3, 2.5)])
 def test_inversion_equals_backward_euler_on_diffusers_modules(model, steps, guidance):
     pipe, img = load_pipeline(model[0]), _image()
     with torch.no_grad():
         ours = pipe.invert("a red circle", img, steps=steps, guidance=guidance)
-        ref = _reference_inversion(model, "a red circle", img, steps, guidance)
+        ref = inversion_reference(*model[1:], "a red circle", to_model_range(img), steps, guidance)
     assert ours.shape == (1, 4, 16, 24) and (ours - ref).abs().max().item() <= 1e-4
 
 
