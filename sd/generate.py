@@ -4,6 +4,7 @@ One-step (by default) text-to-image with a rectified-flow SD model such as Insta
 time of the text encoder, of each Euler step and of the VAE; writes a grid when --batch > 1.
 --init-image PATH --strength S: image-to-image (start at t = 1 - S on the line to the image's latents).
 --noise FILE: start from a noise written by `python -m sd.invert` (regenerate or edit an image).
+--lora FILE[:SCALE] (repeatable), --merge-delta BASE FINETUNED[:ALPHA]: InstaFlow with LoRAs / fine-tunes.
 Bad input (sizes, steps, prompts, a missing or wrong model, an unreadable image) exits with code 2.
 """
 import argparse
@@ -14,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .deltas import merge_delta
 from .images import ImageError, fit, read_image
 from .loaders import CheckpointError
+from .lora import LoraError, split_scale
 from .pipeline import PipelineError, default_sampler, load_pipeline
 from .safetensors_io import SafetensorsError, load_file
 from .tokenizer import TokenizerError
 
-ERRORS = (PipelineError, CheckpointError, SafetensorsError, TokenizerError, ImageError, RuntimeError)
+ERRORS = (PipelineError, CheckpointError, SafetensorsError, TokenizerError, ImageError, LoraError, RuntimeError)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -51,15 +52,6 @@ def device_of(name):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PipelineError(f"--device {name}: CUDA is not available")
     return dev
-
-
-def split_alpha(base, finetuned):
-    """BASE, FINETUNED[:ALPHA] -> (base, finetuned, alpha); ALPHA defaults to 1."""
-    head, sep, tail = finetuned.rpartition(":")
-    try:
-        return base, (head if sep else finetuned), float(tail) if sep else 1.0
-    except ValueError:
-        return base, finetuned, 1.0
 
 
 def read_noise(path):
@@ -100,6 +92,9 @@ def main(argv=None):
     p.add_argument("--merge-delta", nargs=2, metavar=("BASE", "FINETUNED[:ALPHA]"),
                    help="add ALPHA (default 1) x (FINETUNED - BASE) to the UNet and take FINETUNED's VAE and text "
                         "encoder (InstaFlow's recipe for fine-tuned SD 1.5 models such as dreamshaper-7)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="merge a LoRA (kohya/CivitAI, diffusers or peft .safetensors) at SCALE (default 1); repeatable, "
+                        "they stack")
     p.add_argument("--out", type=Path, default=Path("image.png"))
     args = p.parse_args(argv)
     try:
@@ -114,9 +109,13 @@ def main(argv=None):
                 print(note)
         pipe = load_pipeline(args.model, dtype=DTYPES[args.dtype], device=dev)
         if args.merge_delta:
-            base, finetuned, alpha = split_alpha(*args.merge_delta)
-            merge_delta(pipe, base, finetuned, alpha)
+            finetuned, alpha = split_scale(args.merge_delta[1])
+            pipe.merge_delta(args.merge_delta[0], finetuned, alpha)
             print(f"merged {alpha:g} x (fine-tuned - base) into the UNet; VAE and text encoder from {finetuned}")
+        for spec in args.lora:
+            path, scale = split_scale(spec)
+            pipe.load_lora(path, scale)
+            print(f"LoRA {path} (scale {scale:g})")
         if args.noise:
             kw["latents"] = read_noise(args.noise)
             kw["height"], kw["width"] = (n * pipe.vae_factor for n in kw["latents"].shape[-2:])

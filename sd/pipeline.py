@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rectflow.checks import positive_int
 
+from . import deltas, lora
 from .images import ImageError, to_model_range
 from .loaders import locate, load_text_encoder, load_unet, load_vae
 from .sampling import SAMPLER_NAMES, cfg_context, sample
@@ -76,6 +77,23 @@ class Pipeline:
         self.path = path                                   # the folder or file it was loaded from, if any
         self.vae_factor = 2 ** (len(vae.config["block_out_channels"]) - 1)   # 8 for SD: 512 px <-> 64 latents
         self._compiled = {}
+        self.loras, self.lora_originals = [], {}            # (file, scale) merged; weights before the first
+
+    def load_lora(self, path, scale=1.0):
+        """Merge a LoRA file into the UNet and text encoder (sd/lora.py); several stack."""
+        return lora.load_lora(self, path, scale)
+
+    def unload_lora(self):
+        """Restore the weights as they were before the first load_lora, bit-exactly."""
+        return lora.unload_lora(self)
+
+    def merge_delta(self, base, finetuned, alpha=1.0, variant=None):
+        """InstaFlow's fine-tune recipe (sd/deltas.py): UNet += alpha (finetuned - base), the fine-tune's
+        VAE and text encoder."""
+        if self.loras:
+            raise PipelineError("unload the LoRAs before merging a fine-tune delta (unload_lora restores the "
+                                "weights from before the LoRAs, which would drop the delta)")
+        return deltas.merge_delta(self, base, finetuned, alpha, variant)
 
     def networks(self, compile):
         """(unet, vae_decode): eager, or compiled once per mode with torch.compile (fullgraph).
