@@ -11,7 +11,7 @@
 from .couplings import independent_coupling, minibatch_ot_pairs, pairs_coupling
 from .distill import distill_loss, mse, train_student
 from .flow import call_velocity, interpolate, rf_loss, sample_time, velocity_target
-from .metrics import linear_sum_assignment, straightness, w2
+from .metrics import linear_sum_assignment, reconstruction_error, straightness, w2
 from .ode import SOLVERS, euler, invert, solve
 from .paths import PATHS, Path, get_path
 from .reflow import generate_pairs, load_pairs, save_pairs, train_flow
@@ -20,5 +20,5 @@ from .train import fit, fit_coupling
 __all__ = ["interpolate", "velocity_target", "sample_time", "rf_loss", "call_velocity", "solve", "euler", "invert",
            "SOLVERS", "independent_coupling", "pairs_coupling",
            "minibatch_ot_pairs", "PATHS", "Path", "get_path", "train_flow", "generate_pairs",
-           "save_pairs", "load_pairs", "distill_loss", "train_student", "mse", "straightness", "w2",
+           "save_pairs", "load_pairs", "distill_loss", "train_student", "mse", "straightness", "reconstruction_error", "w2",
            "linear_sum_assignment", "fit", "fit_coupling"]

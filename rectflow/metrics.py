@@ -2,6 +2,8 @@
 
 straightness  S(Z) = int_0^1 E[ || (Z_1 - Z_0) - dZ_t/dt ||^2 ] dt   (the paper's straightness;
               S(Z) = 0 exactly when every trajectory is a straight line run at constant speed).
+reconstruction_error  E|| G(I(x_1)) - x_1 ||^2: invert with N backward Euler steps, then generate;
+              zero on a straight flow for any N.
 w2            the 2-Wasserstein distance between two equal-size sample sets, computed EXACTLY as
               an optimal assignment (a permutation), in numpy:
                   W2(a, b)^2 = min_sigma (1/n) sum_i || a_i - b_sigma(i) ||^2.
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 
 from .flow import call_velocity
+from .ode import euler, invert
 from .checks import positive_int
 
 
@@ -96,3 +99,13 @@ def w2(a, b):
     cost = np.maximum(cost, 0.0)
     col = linear_sum_assignment(cost)
     return float(np.sqrt(cost[np.arange(len(a)), col].mean()))
+
+
+@torch.no_grad()
+def reconstruction_error(back, forward, x1, n, m=None, cond=None):
+    """Invert, then generate:  E|| G(I(x_1)) - x_1 ||^2  over data points x_1 (squared norm summed over
+    coordinates), where I runs `back` from t = 1 to 0 with n backward Euler steps (invert) and G
+    runs `forward` from 0 to 1 with m forward steps (m = n by default). Zero for any n on a straight
+    flow; a curved flow needs many steps to come back to where it started."""
+    z0 = invert(back, x1, n, cond=cond)
+    return float((euler(forward, z0, m or n, cond=cond) - x1).pow(2).flatten(1).sum(1).mean())

@@ -55,3 +55,14 @@ def test_w2_exact_values():
     assert rf.w2(a, a + torch.tensor([3.0, 4.0])) == pytest.approx(5.0, rel=1e-6)   # a shift by |c| = 5
     with pytest.raises(ValueError, match="same shape"):
         rf.w2(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+def test_reconstruction_error_is_zero_on_a_straight_flow_and_shrinks_with_steps_on_a_curved_one():
+    x1 = torch.randn(64, 3, 4, 4, dtype=torch.float64)
+    c = torch.randn(3, 4, 4, dtype=torch.float64)
+    assert rf.reconstruction_error(lambda x, t: c.expand_as(x), lambda x, t: c.expand_as(x), x1, 1) < 1e-24
+    rot = lambda x, t: torch.stack([-x[:, 1], x[:, 0]], 1) * (1 + torch.as_tensor(t).reshape(-1, 1))   # noqa: E731 - curved
+    errs = [rf.reconstruction_error(rot, rot, x1[:, :2, 0, 0], n) for n in (1, 2, 4, 16)]
+    assert all(a > b for a, b in zip(errs, errs[1:])) and errs[-1] < errs[0] / 10, errs
+    direct = (rf.euler(rot, rf.invert(rot, x1[:, :2, 0, 0], 3), 1) - x1[:, :2, 0, 0]).pow(2).sum(1).mean()
+    assert rf.reconstruction_error(rot, rot, x1[:, :2, 0, 0], 3, 1) == pytest.approx(float(direct), rel=1e-12)

@@ -68,7 +68,10 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
         assert f * fast.eval_samples == round(f * fast.eval_samples) and f <= min(m[k]["colour"], m[k]["position"])
         assert (k == "teacher, 4 steps") == (m[k]["mse_to_teacher"] == 0)
     assert set(m["straightness"]) == {"teacher", "2-RF", "distilled 2-RF"} and all(v > 0 for v in m["straightness"].values())
-    assert (tmp_path / "grid.png").stat().st_size > 1000
+    assert (tmp_path / "grid.png").stat().st_size > 1000 and (tmp_path / "edit.png").stat().st_size > 1000
+    assert list(m["inversion"]) == ["teacher (CFG 3)", "teacher (CFG 1)", "2-RF", "distilled 2-RF (2-RF inverts, 1 step)"]
+    assert all(list(r) == ["1", "4"] and all(np.isfinite(list(r.values()))) for r in m["inversion"].values())
+    assert len(m["edit"]) == 5 and all(0 <= r["fidelity"] <= 1 and r["centroid_shift_px"] >= 0 for r in m["edit"].values())
     assert "distilled 2-RF, 1 step" in r.stdout
     for stage, iters in (("teacher", fast.teacher_iters), ("2rf", fast.reflow_iters), ("student", fast.distill_iters)):
         assert latest_checkpoint(tmp_path / stage).name == f"step-{iters:07d}.safetensors"   # every step ran
@@ -85,7 +88,44 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     assert again.returncode == 0
     assert stamps() == kept and len(kept) == 7          # 3 checkpoints, 2 manifests, 2 shards
     m2 = json.loads((tmp_path / "metrics.json").read_text())
-    assert all(m2[k] == m[k] for k in names) and m2["straightness"] == m["straightness"]
+    assert all(m2[k] == m[k] for k in names + ["straightness", "inversion", "edit"])
+
+
+def test_edit_recolours_keeps_shape_and_position_and_centroids_find_the_shape():
+    from sd.mini import edit
+    for c in shapes.CAPTIONS:
+        colour, shape, position = shapes.parse(edit.recolour(c))
+        assert shapes.parse(c)[1:] == (shape, position) and colour != shapes.parse(c)[0]
+    x, caps = shapes.dataset(64, 16, seed=2)
+    rc = edit.centroid(x)
+    for (r, col), cap in zip(rc.tolist(), caps):
+        row_q, col_q = shapes.POSITIONS[shapes.parse(cap)[2]]
+        assert (r >= 8) == bool(row_q) and (col >= 8) == bool(col_q)
+    assert torch.isnan(edit.centroid(torch.full((1, 3, 16, 16), -1.0))).all()
+    scores = edit.edit_scores(x, torch.full_like(x, -1.0), caps)                    # edits that lost the shape
+    assert scores == {"fidelity": 0.0, "centroid_shift_px": 16.0}
+
+
+def test_inversion_and_edits_on_straight_fields_are_exact():
+    """Fields constant in X and t (one velocity per caption) are straight: any number of steps inverts
+    exactly, and an edit gives x_1 - v(source) + v(target); the student regenerates in one step."""
+    from sd.mini import edit
+    x, caps = shapes.dataset(8, 16, seed=3)
+    speed = {"teacher": 1.0, "2-RF": 2.0, "student": 3.0}
+
+    def field(name, captions, g):
+        c = torch.stack([torch.full((3, 16, 16), float(shapes.CAPTIONS.index(k))) for k in captions]) * speed[name]
+        return lambda X, t: c.to(X)
+    table = edit.reconstruction_table(field, x.double(), caps, steps=(1, 3))
+    student = table.pop("distilled 2-RF (2-RF inverts, 1 step)")        # back at speed 2, forward at 3
+    assert all(v < 1e-20 for row in table.values() for v in row.values()) and len(table) == 3
+    off = field("student", caps, 1)(x, 0).double() / 3                    # (3 - 2) v: the mismatch
+    assert student == pytest.approx({"1": off.pow(2).flatten(1).sum(1).mean().item()} | {"3": off.pow(2).flatten(1).sum(1).mean().item()})
+    target = [edit.recolour(c) for c in caps]
+    for model, back in (("2-RF", "2-RF"), ("student", "2-RF"), ("teacher", "teacher")):
+        got = edit.edit(field, x.double(), caps, model, 3)
+        want = x.double() - field(back, caps, 1)(x, 0).double() + field(model, target, 1)(x, 0).double()
+        assert torch.allclose(got, want, atol=1e-12), model
 
 
 @pytest.mark.skipif(not os.environ.get("RECTFLOW_SLOW"), reason="the default run takes ~22 min on 2 cores: RECTFLOW_SLOW=1")

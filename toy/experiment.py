@@ -137,16 +137,6 @@ class Bench:
         return self.res
 
 
-@torch.no_grad()
-def reconstruction_error(back, forward, x1, n, m=None):
-    """Invert, then generate:  E|| G(I(x_1)) - x_1 ||^2  over data points x_1 (squared norm summed over
-    coordinates), where I runs `back` from t = 1 to 0 with n backward Euler steps (rf.invert) and G
-    runs `forward` from 0 to 1 with m forward steps (m = n by default). Zero for any n on a straight
-    flow; a curved flow needs many steps to come back to where it started."""
-    z0 = rf.invert(back, x1, n)
-    return float((rf.euler(forward, z0, m or n) - x1).pow(2).sum(1).mean())
-
-
 def run(cfg: Config) -> Result:
     b = Bench(cfg)
     # Stage 1: 1-rectified flow on the independent coupling (X_0, X_1), Eq. (1).
@@ -179,6 +169,6 @@ def run(cfg: Config) -> Result:
     inv = b.res.metrics["inversion"] = {}
     for name, m in b.res.models.items():
         back = m if name.endswith("-rf") else b.res.models[last]
-        inv[name] = {str(n): reconstruction_error(back, m, x1, n, None if name.endswith("-rf") else 1)
+        inv[name] = {str(n): rf.reconstruction_error(back, m, x1, n, None if name.endswith("-rf") else 1)
                      for n in cfg.steps}
     return b.finish()

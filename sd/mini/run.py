@@ -7,7 +7,8 @@
                  conv zeroed: see TrainConfig.zero_output)
     3. student   new pairs from the 2-RF (Euler, many steps), then one-step distillation  objective "distill"
     4. evaluate  straightness; prompt fidelity (the rule-based judge); the mean squared distance to the
-                 teacher's many-step image from the same noise; an image grid
+                 teacher's many-step image from the same noise; an image grid; inversion and editing
+                 (sd/mini/edit.py: invert-then-generate errors, recolouring edits, edit.png)
 
 The text encoder is trained with the teacher and then frozen (SD's is frozen CLIP). Every stage goes
 through the same code as the SD-scale CLI (`python -m sd.reflow`), writes into `out`, and resumes:
@@ -28,7 +29,7 @@ from ..pipeline import noise
 from ..samplers import eps_velocity
 from ..sampling import cfg_context, guided_model, rf_timestep, sample
 from ..trainer import TrainConfig, latest_checkpoint, train, weights
-from . import models, shapes
+from . import edit, models, shapes
 
 
 @dataclass
@@ -48,12 +49,15 @@ class MiniConfig:
     batch_size: int = 64
     eval_samples: int = 256
     straightness_steps: int = 16
+    inversion_samples: int = 256   # held-out renders inverted and edited (sd/mini/edit.py)
+    inversion_steps: tuple = (1, 2, 4, 16)
     seed: int = 0
 
     def fast(self):
         """A smoke run (about a minute): every stage, tiny numbers; the results mean nothing."""
         return replace(self, train_images=256, teacher_iters=12, pairs=32, teacher_steps=4, reflow_iters=6,
-                       rf_steps=2, distill_iters=6, batch_size=16, eval_samples=16, straightness_steps=4)
+                       rf_steps=2, distill_iters=6, batch_size=16, eval_samples=16, straightness_steps=4,
+                       inversion_samples=16, inversion_steps=(1, 4))
 
 
 def context_fn(text_encoder, tok, guidance):
@@ -184,6 +188,26 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
             metrics.setdefault("straightness", {})[name] = straightness(v, x0, cfg.straightness_steps)
     grid({"data": shapes.render(eval_caps[:8], cfg.size, torch.Generator().manual_seed(5)), **shown},
          eval_caps[:8], out / "grid.png")
+
+    # 5. inversion and editing with the straight flows (sd/mini/edit.py)
+    nets = {"teacher": (unet, "eps"), "2-RF": (rf2, "flow"), "student": (student, "flow")}
+
+    def field(name, captions, g):
+        return velocity(nets[name][0], tok(captions), text_encoder, tok, g, nets[name][1])
+
+    inv_caps = [shapes.CAPTIONS[i % len(shapes.CAPTIONS)] for i in range(cfg.inversion_samples)]
+    x1 = shapes.render(inv_caps, cfg.size, torch.Generator().manual_seed(cfg.seed + 7))
+    metrics["inversion"] = edit.reconstruction_table(field, x1, inv_caps, cfg.inversion_steps, cfg.guidance)
+    edits, metrics["edit"] = {"original": x1[:8]}, {}
+    for model, n, g in (("teacher", 16, cfg.guidance), ("2-RF", 1, 1.0), ("2-RF", 4, 1.0), ("student", 1, 1.0),
+                        ("student", 4, 1.0)):
+        name = f"{'distilled 2-RF' if model == 'student' else model}, {n} step{'s' * (n > 1)} back"
+        edited = edit.edit(field, x1, inv_caps, model, n, g)
+        metrics["edit"][name] = {"model": model, "inversion_steps": n, "guidance": g,
+                                 **edit.edit_scores(x1, edited, inv_caps)}
+        edits[name] = edited[:8]
+    grid(edits, [f"a {c.split()[1]}>{edit.recolour(c).split()[1]} {c.split(maxsplit=2)[2]}" for c in inv_caps[:8]],
+         out / "edit.png")
     seconds["evaluate"] = time.time() - t0
     metrics["seconds"] = {**seconds, "total": time.time() - t_start}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
