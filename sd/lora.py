@@ -202,6 +202,29 @@ def unload_lora(pipe):
     return pipe
 
 
+@torch.no_grad()
+def extract_lora(base, tuned, rank, prefix="lora_unet_"):
+    """A kohya LoRA (name -> tensor) that approximates tuned - base for every Linear / Conv2d weight of
+    two modules of the same architecture (kohya's "extract LoRA from models"): the truncated SVD of each
+    difference, reshaped to [out, in * kh * kw],  D ~= U_r S_r V_r^T,  up = U_r S_r,  down = V_r^T
+    (down keeps the kernel: a 3x3 conv gives a LoCon pair), alpha = r. Unchanged weights are left out;
+    norms and biases are not LoRA's and are dropped. prefix "lora_te_text_model_" names a text encoder."""
+    tuned_modules, out = dict(tuned.named_modules()), {}
+    for name, m in base.named_modules():
+        if not isinstance(m, (nn.Linear, nn.Conv2d)):
+            continue
+        w0, w1 = m.weight.float(), tuned_modules[name].weight.float()
+        if torch.equal(w0, w1):
+            continue
+        u, s, vh = torch.linalg.svd((w1 - w0).reshape(w0.shape[0], -1), full_matrices=False)
+        r = min(rank, len(s))
+        key = (prefix + name).replace(".", "_")
+        out[key + ".lora_up.weight"] = (u[:, :r] * s[:r]).reshape(w0.shape[0], r, *[1] * (w0.ndim - 2)).contiguous()
+        out[key + ".lora_down.weight"] = vh[:r].reshape(r, *w0.shape[1:]).contiguous()
+        out[key + ".alpha"] = torch.tensor(float(r))
+    return out
+
+
 def split_scale(spec, default=1.0):
     """"FILE[:SCALE]" -> (FILE, SCALE); a colon not followed by a number belongs to the file name."""
     head, sep, tail = spec.rpartition(":")

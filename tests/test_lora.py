@@ -225,3 +225,22 @@ def test_a_delta_merge_waits_for_the_loras_to_be_unloaded(model, files):
     pipe = load_pipeline(model[0]).load_lora(files["kohya"])
     with pytest.raises(PipelineError, match="unload the LoRAs"):
         pipe.merge_delta(model[0], model[0])
+
+
+def test_extract_lora_at_full_rank_reproduces_the_tuned_weights_and_truncation_error_falls_with_rank(model, tmp_path):
+    from sd.lora import extract_lora
+    from tests.test_sd_models import randomize
+    base = load_pipeline(model[0])
+    tuned = copy.deepcopy(base.unet)
+    with torch.no_grad():                                 # a low-rank-ish change plus a little of everything
+        for (name, p), q in zip(tuned.named_parameters(), randomize(copy.deepcopy(tuned), 9).parameters()):
+            p.add_(0.05 * q)
+    errors = []
+    for rank in (1, 8, 128):                           # 128: the largest full rank here (time_embedding.linear_2)
+        save_file(extract_lora(base.unet, tuned, rank), tmp_path / f"r{rank}.safetensors")
+        pipe = load_pipeline(model[0]).load_lora(tmp_path / f"r{rank}.safetensors")
+        own, want = dict(pipe.unet.named_modules()), dict(tuned.named_modules())
+        err = max(float((m.weight - want[n].weight).abs().max()) for n, m in own.items()
+                  if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+        errors.append(err)
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-5, errors

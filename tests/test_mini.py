@@ -71,7 +71,7 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 1000 and (tmp_path / "edit.png").stat().st_size > 1000
     assert list(m["inversion"]) == ["teacher (CFG 3)", "teacher (CFG 1)", "2-RF", "distilled 2-RF (2-RF inverts, 1 step)"]
     assert all(list(r) == ["1", "4"] and all(np.isfinite(list(r.values()))) for r in m["inversion"].values())
-    assert len(m["edit"]) == 5 and all(0 <= r["fidelity"] <= 1 and r["centroid_shift_px"] >= 0 for r in m["edit"].values())
+    assert len(m["edit"]) == 6 and all(0 <= r["fidelity"] <= 1 and r["centroid_shift_px"] >= 0 for r in m["edit"].values())
     assert "distilled 2-RF, 1 step" in r.stdout
     for stage, iters in (("teacher", fast.teacher_iters), ("2rf", fast.reflow_iters), ("student", fast.distill_iters)):
         assert latest_checkpoint(tmp_path / stage).name == f"step-{iters:07d}.safetensors"   # every step ran
@@ -138,3 +138,9 @@ def test_default_run_tells_the_instaflow_story(tmp_path):
     assert m["teacher, 1 step"]["fidelity"] <= 0.2                                # one teacher step fails
     assert m["distilled 2-RF, 1 step"]["fidelity"] >= 0.9                         # one student step works
     assert m["distilled 2-RF, 1 step"]["mse_to_teacher"] < m["2-RF, 1 step"]["mse_to_teacher"]
+    inv, ed = m["inversion"], m["edit"]
+    assert inv["2-RF"]["1"] < inv["teacher (CFG 1)"]["1"] / 10                  # straight flows invert in few steps
+    assert all(inv["2-RF"][n] < min(inv["teacher (CFG 1)"][n], inv["teacher (CFG 3)"][n]) for n in inv["2-RF"])
+    assert ed["2-RF, 4 steps back"]["fidelity"] >= 0.95 and ed["student, 4 steps back"]["fidelity"] >= 0.95
+    control = ed["control: fresh noise, 2-RF 4 steps"]["centroid_shift_px"]
+    assert all(ed[k]["centroid_shift_px"] < control for k in ("2-RF, 1 step back", "2-RF, 4 steps back"))

@@ -51,6 +51,14 @@ SOLUTIONS = {
         ("def my_one_step(unet, x0, ctx):\n    # your code here\n    return None",
          "def my_one_step(unet, x0, ctx):\n    return x0 + unet(x0, torch.full((len(x0),), 1000.0), ctx)"),
     ],
+    "07_straight_flows_in_use.ipynb": [
+        ("def my_invert(v, x1, n):\n    # your code here\n    return None",
+         "def my_invert(v, x1, n):\n    z = x1\n    for i in range(n):\n"
+         "        z = z - v(z, torch.full((len(z),), 1.0 - i / n)) / n\n    return z"),
+        ("my_edit = None   # your code here",
+         "with torch.no_grad():\n"
+         "    my_edit = rf.euler(field('2-RF', caps_green, 1.0), rf.invert(field('2-RF', caps, 1.0), x, 2), 2)"),
+    ],
     "08_comparing_flows.ipynb": [
         ("def my_vp_target(x0, x1, t):\n    # your code here\n    return None",
          "def my_vp_target(x0, x1, t):\n    a, b = 19.9, 0.1\n    alpha = torch.exp(-a * (1 - t) ** 2 / 4 - b * (1 - t) / 2)\n"

@@ -85,6 +85,15 @@ def velocity(unet, ctx_ids, text_encoder, tok, guidance, kind):
     return lambda X, t: guided(X, rf_timestep(t))
 
 
+def field_fn(tok, text_encoder, nets):
+    """field(name, captions, guidance) -> v(X, t) of nets[name] = (unet, "eps" | "flow") on those
+    captions, as sd/mini/edit.py takes it."""
+    def field(name, captions, guidance):
+        net, kind = nets[name]
+        return velocity(net, tok(captions), text_encoder, tok, guidance, kind)
+    return field
+
+
 def grid(rows, captions, path):
     """A figure: one row per model (name -> images [n, 3, S, S]), one column per caption. (matplotlib's
     Figure directly, not pyplot: a notebook's backend stays as it is.)"""
@@ -190,24 +199,28 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
          eval_caps[:8], out / "grid.png")
 
     # 5. inversion and editing with the straight flows (sd/mini/edit.py)
-    nets = {"teacher": (unet, "eps"), "2-RF": (rf2, "flow"), "student": (student, "flow")}
-
-    def field(name, captions, g):
-        return velocity(nets[name][0], tok(captions), text_encoder, tok, g, nets[name][1])
-
+    field = field_fn(tok, text_encoder, {"teacher": (unet, "eps"), "2-RF": (rf2, "flow"), "student": (student, "flow")})
     inv_caps = [shapes.CAPTIONS[i % len(shapes.CAPTIONS)] for i in range(cfg.inversion_samples)]
     x1 = shapes.render(inv_caps, cfg.size, torch.Generator().manual_seed(cfg.seed + 7))
     metrics["inversion"] = edit.reconstruction_table(field, x1, inv_caps, cfg.inversion_steps, cfg.guidance)
-    edits, metrics["edit"] = {"original": x1[:8]}, {}
+    show = [i for i in (0, 5, 10, 15, 16, 21, 26, 31) if i < len(x1)]   # every colour, shape and quadrant
+    edits, metrics["edit"] = {"original": x1[show]}, {}
     for model, n, g in (("teacher", 16, cfg.guidance), ("2-RF", 1, 1.0), ("2-RF", 4, 1.0), ("student", 1, 1.0),
                         ("student", 4, 1.0)):
-        name = f"{'distilled 2-RF' if model == 'student' else model}, {n} step{'s' * (n > 1)} back"
+        name = f"{model}, {n} step{'s' * (n > 1)} back"
         edited = edit.edit(field, x1, inv_caps, model, n, g)
         metrics["edit"][name] = {"model": model, "inversion_steps": n, "guidance": g,
                                  **edit.edit_scores(x1, edited, inv_caps)}
-        edits[name] = edited[:8]
-    grid(edits, [f"a {c.split()[1]}>{edit.recolour(c).split()[1]} {c.split(maxsplit=2)[2]}" for c in inv_caps[:8]],
-         out / "edit.png")
+        edits[name] = edited[show]
+    # the control: the new caption from fresh noise, where nothing ties the shape to the original's place
+    z = torch.randn(x1.shape, generator=torch.Generator().manual_seed(cfg.seed + 8))
+    with torch.no_grad():
+        fresh = sample(rf2, context_fn(text_encoder, tok, 1.0)(tok([edit.recolour(c) for c in inv_caps])), z, 4)
+    metrics["edit"]["control: fresh noise, 2-RF 4 steps"] = {"model": "2-RF", "inversion_steps": 0, "guidance": 1.0,
+                                                             **edit.edit_scores(x1, fresh, inv_caps)}
+    edits["control: fresh noise"] = fresh[show]
+    titles = [f"a {c.split()[1]}>{edit.recolour(c).split()[1]} {c.split(maxsplit=2)[2]}" for c in (inv_caps[i] for i in show)]
+    grid(edits, titles, out / "edit.png")
     seconds["evaluate"] = time.time() - t0
     metrics["seconds"] = {**seconds, "total": time.time() - t_start}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
