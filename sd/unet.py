@@ -175,7 +175,10 @@ class UNet(nn.Module):
             return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
-    def forward(self, x, timesteps, context):
+    def forward(self, x, timesteps, context, down_residuals=None, mid_residual=None):
+        """down_residuals (one per skip connection, in the order they are made: conv_in's output, then each
+        resnet/transformer and downsampler of the down blocks) and mid_residual are added to the skips and
+        to the mid block's output, as a ControlNet's outputs are; None (the default) adds nothing."""
         timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1).expand(x.shape[0])
         t = timestep_embedding(timesteps, self.config["block_out_channels"][0]).to(x.dtype)
         temb = self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(t)))
@@ -190,9 +193,15 @@ class UNet(nn.Module):
             if hasattr(block, "downsamplers"):
                 h = block.downsamplers[0](h)
                 skips.append(h)
+        if down_residuals is not None:                  # ControlNet: skip_i + r_i
+            if len(down_residuals) != len(skips):
+                raise ValueError(f"{len(down_residuals)} down residuals for the UNet's {len(skips)} skip connections")
+            skips = [s + r for s, r in zip(skips, down_residuals)]
         h = self._run(self.mid_block.resnets[0], h, temb)
         h = self._run(self.mid_block.attentions[0], h, context)
         h = self._run(self.mid_block.resnets[1], h, temb)
+        if mid_residual is not None:                    # ControlNet: mid + r_mid
+            h = h + mid_residual
         for block in self.up_blocks:
             for j, resnet in enumerate(block.resnets):
                 h = self._run(resnet, torch.cat([h, skips.pop()], dim=1), temb)

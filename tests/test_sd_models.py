@@ -269,3 +269,30 @@ def test_bad_paths_and_files(tmp_path):
     (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": {"x": object()}}))
     with pytest.raises(CheckpointError, match="weights_only=True"):
         load_unet(tmp_path / "evil.ckpt")
+
+
+@pytest.mark.parametrize("cfg", [UNET_CFG, UNET3_CFG], ids=["2-level", "3-level"])
+def test_unet_adds_controlnet_residuals_as_diffusers_does(cfg):
+    """Residuals on every skip connection and on the mid block's output (what a ControlNet returns):
+    the same output as diffusers' down_block_additional_residuals / mid_block_additional_residual."""
+    ref = ref_unet(cfg)
+    ours = load_unet_from(ref)
+    x, t, c = unet_inputs(cfg)
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        shapes = []                                   # the skips' shapes, from diffusers' own down pass
+        h = ref.conv_in(x)
+        shapes.append(h.shape)
+        temb = ref.time_embedding(ref.time_proj(t).to(x.dtype))
+        for block in ref.down_blocks:
+            kw = {"encoder_hidden_states": c} if getattr(block, "has_cross_attention", False) else {}
+            h, res = block(h, temb, **kw)
+            shapes += [r.shape for r in res]
+        down = [torch.randn(s, generator=g) for s in shapes]
+        mid = torch.randn(h.shape, generator=g)
+        want = ref(x, t, c, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid).sample
+        assert max_diff(ours(x, t, c, down_residuals=down, mid_residual=mid), want) <= TOL
+        assert max_diff(ours(x, t, c, down_residuals=down, mid_residual=mid), ours(x, t, c)) > 100 * TOL
+        assert torch.equal(ours(x, t, c, down_residuals=[torch.zeros(s) for s in shapes]), ours(x, t, c))
+        with pytest.raises(ValueError, match="down residuals"):
+            ours(x, t, c, down_residuals=down[:-1])
