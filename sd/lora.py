@@ -119,7 +119,7 @@ def _module_of(stem, kohya, table):
 
 def read_lora(path, pipe):
     """The updates of a LoRA file, checked against the pipeline: a list of
-    (component, module name, up [out, r], down [r, in * kh * kw] in float32, alpha / r).
+    ((component, module name), its weight, up [out, r], down [r, in * kh * kw] in float32, alpha / r).
     Raises LoraError naming the file and every key that names no module or does not fit."""
     raw, meta = _read(path)
     tensors = {_normalize(k): v for k, v in raw.items()}
@@ -162,7 +162,7 @@ def read_lora(path, pipe):
             alpha = next((float(a) for p, a in pattern.items() if re.fullmatch(rf"(.*\.)?{p}", target[1])), alpha)
         else:
             alpha = float(r)                                # no alpha stored: alpha = r, scale 1
-        found.append((*target, up.reshape(up.shape[0], r), down.reshape(r, -1), alpha / r))
+        found.append((target, w, up.reshape(up.shape[0], r), down.reshape(r, -1), alpha / r))
     if not used:
         raise LoraError(f"{path}: not a LoRA file (no lora_down/lora_up, lora_A/lora_B or lora.down/lora.up keys; "
                         f"first keys: {', '.join(list(raw)[:3])})")
@@ -181,10 +181,8 @@ def load_lora(pipe, path, scale=1.0):
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise LoraError(f"{path}: scale must be a number, got {scale!r}")
     updates = read_lora(path, pipe)                      # everything checked before anything changes
-    table = layers(pipe)
-    for comp, name, up, down, ratio in updates:                # one update in memory at a time
-        w = table[comp, name].weight
-        pipe.lora_originals.setdefault((comp, name), w.detach().clone())
+    for key, w, up, down, ratio in updates:                    # one update in memory at a time
+        pipe.lora_originals.setdefault(key, w.detach().clone())
         delta = (up.to(w.device) @ down.to(w.device)).reshape(w.shape)                     # up @ down
         w.copy_((w.float() + (scale * ratio) * delta).to(w.dtype))         # W + scale (alpha / r) up @ down
     pipe.loras.append((str(path), scale))
