@@ -47,7 +47,7 @@ def check_config(c):
         return v == want or (isinstance(v, (list, tuple)) and all(x == want for x in v))
     bad = [f"{k}={c[k]!r} (supported: {v!r})" for k, v in FIXED_FIELDS.items() if k in c and not same(c[k], v)]
     bad += [f"block type {t!r} (supported: {', '.join(sorted(BLOCK_TYPES))})"
-            for t in [*c["down_block_types"], *c["up_block_types"]] if t not in BLOCK_TYPES]
+            for t in [*c["down_block_types"], *c.get("up_block_types", [])] if t not in BLOCK_TYPES]
     if c.get("cross_attention_dim") is not None and isinstance(c["cross_attention_dim"], (list, tuple)):
         bad.append(f"cross_attention_dim={c['cross_attention_dim']!r} (one width for every level)")
     if bad:
@@ -126,23 +126,19 @@ class Block(nn.Module):
             self.upsamplers = nn.ModuleList([upsample])
 
 
-class UNet(nn.Module):
-    def __init__(self, config=None):
+class Encoder(nn.Module):
+    """The UNet's first half, which a ControlNet copies: conv_in, the timestep embedding, the down blocks
+    and the mid block, built from a config and run by `embed_time` and `encode`."""
+
+    def __init__(self, config, defaults=SD15_UNET):
         super().__init__()
-        c = {**SD15_UNET, **(config or {})}
+        c = {**defaults, **(config or {})}
         check_config(c)
         self.config = c
-        boc, n, groups, eps = list(c["block_out_channels"]), c["layers_per_block"], c["norm_num_groups"], c["norm_eps"]
+        boc, n = list(c["block_out_channels"]), c["layers_per_block"]
         heads = c.get("num_attention_heads") or c["attention_head_dim"]   # in SD configs attention_head_dim holds the number of heads
-        heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(boc)
-        ctx, lin, temb = c["cross_attention_dim"], c["use_linear_projection"], 4 * boc[0]
-
-        def res(cin, cout):
-            return ResnetBlock(cin, cout, temb, groups, eps)
-
-        def attn(ch, i):
-            return SpatialTransformer(ch, heads[i], ctx, groups, eps, lin)
-
+        self.heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(boc)
+        temb = 4 * boc[0]
         self.conv_in = nn.Conv2d(c["in_channels"], boc[0], 3, padding=1)
         self.time_embedding = nn.Module()
         self.time_embedding.linear_1 = nn.Linear(boc[0], temb)
@@ -151,22 +147,21 @@ class UNet(nn.Module):
         for i, kind in enumerate(c["down_block_types"]):
             out, last = boc[i], i == len(boc) - 1
             cross = kind.startswith("CrossAttn")
-            self.down_blocks.append(Block([res(ch if j == 0 else out, out) for j in range(n)],
-                                          [attn(out, i) for _ in range(n)] if cross else None,
+            self.down_blocks.append(Block([self.resnet(ch if j == 0 else out, out) for j in range(n)],
+                                          [self.transformer(out, self.heads[i]) for _ in range(n)] if cross else None,
                                           downsample=None if last else Downsample(out)))
             ch = out
-        self.mid_block = Block([res(ch, ch), res(ch, ch)], [attn(ch, -1)])
-        self.up_blocks, rev, rheads = nn.ModuleList(), boc[::-1], heads[::-1]
-        for i, kind in enumerate(c["up_block_types"]):
-            prev, out, skip_in = ch, rev[i], rev[min(i + 1, len(boc) - 1)]
-            cross, last = kind.startswith("CrossAttn"), i == len(boc) - 1
-            resnets = [res((prev if j == 0 else out) + (skip_in if j == n else out), out) for j in range(n + 1)]
-            attns = [SpatialTransformer(out, rheads[i], ctx, groups, eps, lin) for _ in range(n + 1)] if cross else None
-            self.up_blocks.append(Block(resnets, attns, upsample=None if last else Upsample(out)))
-            ch = out
-        self.conv_norm_out = nn.GroupNorm(groups, boc[0], eps)
-        self.conv_out = nn.Conv2d(boc[0], c["out_channels"], 3, padding=1)
+        self.mid_block = Block([self.resnet(ch, ch), self.resnet(ch, ch)], [self.transformer(ch, self.heads[-1])])
         self.gradient_checkpointing = False
+
+    def resnet(self, cin, cout):
+        c = self.config
+        return ResnetBlock(cin, cout, 4 * c["block_out_channels"][0], c["norm_num_groups"], c["norm_eps"])
+
+    def transformer(self, ch, heads):
+        c = self.config
+        return SpatialTransformer(ch, heads, c["cross_attention_dim"], c["norm_num_groups"], c["norm_eps"],
+                                  c["use_linear_projection"])
 
     def _run(self, layer, *args):
         """layer(*args); with gradient checkpointing on while training, its activations are not
@@ -175,14 +170,15 @@ class UNet(nn.Module):
             return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
-    def forward(self, x, timesteps, context, down_residuals=None, mid_residual=None):
-        """down_residuals (one per skip connection, in the order they are made: conv_in's output, then each
-        resnet/transformer and downsampler of the down blocks) and mid_residual are added to the skips and
-        to the mid block's output, as a ControlNet's outputs are; None (the default) adds nothing."""
+    def embed_time(self, timesteps, x):
+        """MLP(sinusoidal embedding of the timesteps), one row per sample of x."""
         timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1).expand(x.shape[0])
         t = timestep_embedding(timesteps, self.config["block_out_channels"][0]).to(x.dtype)
-        temb = self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(t)))
-        h = self.conv_in(x)
+        return self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(t)))
+
+    def encode(self, h, temb, context):
+        """From conv_in's output h through the down blocks and the mid block: (mid block output, skips),
+        the skips in the order they are made (h itself, each resnet/transformer, each downsampler)."""
         skips = [h]
         for block in self.down_blocks:
             for j, resnet in enumerate(block.resnets):
@@ -193,13 +189,38 @@ class UNet(nn.Module):
             if hasattr(block, "downsamplers"):
                 h = block.downsamplers[0](h)
                 skips.append(h)
+        h = self._run(self.mid_block.resnets[0], h, temb)
+        h = self._run(self.mid_block.attentions[0], h, context)
+        return self._run(self.mid_block.resnets[1], h, temb), skips
+
+
+class UNet(Encoder):
+    """The Encoder, then the up blocks that take its skips back in reverse order, then the output conv."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        c, boc, n = self.config, list(self.config["block_out_channels"]), self.config["layers_per_block"]
+        self.up_blocks, rev, rheads, ch = nn.ModuleList(), boc[::-1], self.heads[::-1], boc[-1]
+        for i, kind in enumerate(c["up_block_types"]):
+            prev, out, skip_in = ch, rev[i], rev[min(i + 1, len(boc) - 1)]
+            cross, last = kind.startswith("CrossAttn"), i == len(boc) - 1
+            resnets = [self.resnet((prev if j == 0 else out) + (skip_in if j == n else out), out) for j in range(n + 1)]
+            attns = [self.transformer(out, rheads[i]) for _ in range(n + 1)] if cross else None
+            self.up_blocks.append(Block(resnets, attns, upsample=None if last else Upsample(out)))
+            ch = out
+        self.conv_norm_out = nn.GroupNorm(c["norm_num_groups"], boc[0], c["norm_eps"])
+        self.conv_out = nn.Conv2d(boc[0], c["out_channels"], 3, padding=1)
+
+    def forward(self, x, timesteps, context, down_residuals=None, mid_residual=None):
+        """down_residuals (one per skip connection, in the order they are made: conv_in's output, then each
+        resnet/transformer and downsampler of the down blocks) and mid_residual are added to the skips and
+        to the mid block's output, as a ControlNet's outputs are; None (the default) adds nothing."""
+        temb = self.embed_time(timesteps, x)
+        h, skips = self.encode(self.conv_in(x), temb, context)
         if down_residuals is not None:                  # ControlNet: skip_i + r_i
             if len(down_residuals) != len(skips):
                 raise ValueError(f"{len(down_residuals)} down residuals for the UNet's {len(skips)} skip connections")
             skips = [s + r for s, r in zip(skips, down_residuals)]
-        h = self._run(self.mid_block.resnets[0], h, temb)
-        h = self._run(self.mid_block.attentions[0], h, context)
-        h = self._run(self.mid_block.resnets[1], h, temb)
         if mid_residual is not None:                    # ControlNet: mid + r_mid
             h = h + mid_residual
         for block in self.up_blocks:
