@@ -5,6 +5,7 @@ time of the text encoder, of each Euler step and of the VAE; writes a grid when 
 --init-image PATH --strength S: image-to-image (start at t = 1 - S on the line to the image's latents).
 --noise FILE: start from a noise written by `python -m sd.invert` (regenerate or edit an image).
 --lora FILE[:SCALE] (repeatable), --merge-delta BASE FINETUNED[:ALPHA]: InstaFlow with LoRAs / fine-tunes.
+--controlnet PATH --control-image PATH [--control-scale S] (repeatable pairs), --canny LOW,HIGH: with ControlNets.
 Bad input (sizes, steps, prompts, a missing or wrong model, an unreadable image) exits with code 2.
 """
 import argparse
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .controlnet import canny, load_controlnet
 from .images import ImageError, fit, read_image
 from .loaders import CheckpointError
 from .lora import LoraError, split_scale
@@ -65,6 +67,33 @@ def read_noise(path):
     return tensors["noise"].float()
 
 
+def control_args(args):
+    """The control images of --controlnet/--control-image/--control-scale/--canny, checked before anything
+    is loaded: as many images as ControlNets, one scale or one each; with --canny, their edges."""
+    nets, images, scales = args.controlnet, args.control_image, args.control_scale
+    if len(images) != len(nets):
+        raise PipelineError(f"{len(nets)} --controlnet but {len(images)} --control-image: give one image per ControlNet")
+    if len(scales) not in (0, 1, len(nets)) or (scales and not nets):
+        raise PipelineError(f"{len(scales)} --control-scale for {len(nets)} --controlnet: give one, or one each")
+    if args.canny and not nets:
+        raise PipelineError("--canny needs a --controlnet and its --control-image")
+    out = [read_image(f) for f in images]
+    if args.canny:
+        try:
+            low, high = (float(v) for v in args.canny.split(","))
+        except ValueError:
+            raise PipelineError(f"--canny {args.canny!r}: expected two thresholds LOW,HIGH such as 100,200") from None
+        if min(low, high) < 0:
+            raise PipelineError(f"--canny {args.canny!r}: thresholds must be >= 0")
+        out = [canny(im, low, high) for im in out]
+    return out
+
+
+def scale_arg(scales):
+    """--control-scale given never (1), once (for all) or once per ControlNet."""
+    return 1.0 if not scales else scales[0] if len(scales) == 1 else scales
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sd.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,11 +124,20 @@ def main(argv=None):
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="merge a LoRA (kohya/CivitAI, diffusers or peft .safetensors) at SCALE (default 1); repeatable, "
                         "they stack")
+    p.add_argument("--controlnet", action="append", default=[], type=Path, metavar="PATH",
+                   help="a ControlNet (diffusers folder or v1.x single file); repeatable, one --control-image each")
+    p.add_argument("--control-image", action="append", default=[], type=Path, metavar="PATH",
+                   help="its control image (PNG/JPEG, resized to the output size), in the order of --controlnet")
+    p.add_argument("--control-scale", action="append", default=[], type=float, metavar="S",
+                   help="its conditioning scale (default 1): once for all, or once per --controlnet")
+    p.add_argument("--canny", metavar="LOW,HIGH", help="turn each control image into its Canny edges first "
+                   "(sd.controlnet.canny, as cv2.Canny(image, LOW, HIGH))")
     p.add_argument("--out", type=Path, default=Path("image.png"))
     args = p.parse_args(argv)
     try:
         dev = device_of(args.device)
         kw = dict(height=args.height, width=args.width)
+        control_images = control_args(args)
         if args.init_image and args.noise:
             raise PipelineError("give --init-image or --noise, not both")
         if args.init_image:
@@ -116,6 +154,9 @@ def main(argv=None):
             path, scale = split_scale(spec)
             pipe.load_lora(path, scale)
             print(f"LoRA {path} (scale {scale:g})")
+        if args.controlnet:
+            kw["controlnet"] = [load_controlnet(f, dtype=DTYPES[args.dtype], device=dev) for f in args.controlnet]
+            kw.update(control_image=control_images, control_scale=scale_arg(args.control_scale))
         if args.noise:
             kw["latents"] = read_noise(args.noise)
             kw["height"], kw["width"] = (n * pipe.vae_factor for n in kw["latents"].shape[-2:])

@@ -27,7 +27,8 @@ class CheckpointError(ValueError):
     """A checkpoint or model folder cannot be loaded; the message says which file and keys."""
 
 
-WEIGHT_NAMES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+WEIGHT_NAMES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model",
+                "controlnet": "diffusion_pytorch_model"}
 
 
 def read_weights(path):
@@ -122,11 +123,11 @@ def _rename_resnet(rest):
     return rest
 
 
-def ldm_unet_to_diffusers(sd, layers_per_block):
-    """model.diffusion_model.* keys -> UNet keys (the CompVis block numbering made explicit)."""
+def ldm_unet_to_diffusers(sd, layers_per_block, prefix="model.diffusion_model."):
+    """model.diffusion_model.* keys (`prefix`) -> UNet keys (the CompVis block numbering made explicit)."""
     n, out = layers_per_block, {}
     for key, v in sd.items():
-        k = key[len("model.diffusion_model."):]
+        k = key[len(prefix):]
         simple = {"time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
                   "input_blocks.0.0.": "conv_in.", "out.0.": "conv_norm_out.", "out.2.": "conv_out."}
         for old, new in simple.items():
@@ -206,9 +207,9 @@ def _single_file(path, prefix):
     return part
 
 
-def _unet_config_from_ldm(sd, base):
-    """Channel widths, depth, context width and projection type read off the tensors' shapes."""
-    pre = "model.diffusion_model."
+def _unet_config_from_ldm(sd, base, pre="model.diffusion_model."):
+    """Channel widths, depth, context width and projection type read off the tensors' shapes (also of a
+    ControlNet's copy of the encoder, whose keys carry another `pre` and which has no up blocks)."""
     last = max(int(m[1]) for k in sd if (m := re.match(re.escape(pre) + r"input_blocks\.(\d+)\.", k)))
     downs = sorted({int(m[1]) for k in sd if (m := re.match(re.escape(pre) + r"input_blocks\.(\d+)\.0\.op\.", k))})
     n = downs[0] - 1 if downs else last     # input_blocks: conv_in, then n layers (+ a downsampler) per level
@@ -217,12 +218,14 @@ def _unet_config_from_ldm(sd, base):
     cross = [f"{pre}input_blocks.{1 + lvl * (n + 1)}.1.proj_in.weight" in sd for lvl in range(num_levels)]
     ctx = next((v.shape[1] for k, v in sd.items() if k.endswith("attn2.to_k.weight")), base["cross_attention_dim"])
     proj = next((v for k, v in sd.items() if k.endswith("proj_in.weight")), None)
-    return {**base, "block_out_channels": widths, "layers_per_block": n, "cross_attention_dim": ctx,
-            "in_channels": sd[f"{pre}input_blocks.0.0.weight"].shape[1],
-            "out_channels": sd[f"{pre}out.2.weight"].shape[0],
-            "use_linear_projection": proj is not None and proj.ndim == 2,
-            "down_block_types": ["CrossAttnDownBlock2D" if c else "DownBlock2D" for c in cross],
-            "up_block_types": ["CrossAttnUpBlock2D" if c else "UpBlock2D" for c in cross[::-1]]}
+    cfg = {**base, "block_out_channels": widths, "layers_per_block": n, "cross_attention_dim": ctx,
+           "in_channels": sd[f"{pre}input_blocks.0.0.weight"].shape[1],
+           "use_linear_projection": proj is not None and proj.ndim == 2,
+           "down_block_types": ["CrossAttnDownBlock2D" if c else "DownBlock2D" for c in cross]}
+    if f"{pre}out.2.weight" in sd:                      # a UNet's decoder half
+        cfg.update(out_channels=sd[f"{pre}out.2.weight"].shape[0],
+                   up_block_types=["CrossAttnUpBlock2D" if c else "UpBlock2D" for c in cross[::-1]])
+    return cfg
 
 
 # ---- public loaders ----------------------------------------------------------------------------

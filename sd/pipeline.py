@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 from rectflow.checks import positive_int
 
 from . import deltas, lora
+from .controlnet.control import control_tensor, controlled
+from .controlnet.model import misfits
 from .images import ImageError, to_model_range
 from .loaders import locate, load_text_encoder, load_unet, load_vae
 from .sampling import SAMPLER_NAMES, cfg_context, sample
@@ -108,6 +110,54 @@ class Pipeline:
                                     torch.compile(self.vae.decode, fullgraph=True, mode=mode))
         return self._compiled[mode]
 
+    def controlnet_for(self, net, compile):
+        """A ControlNet eager, or compiled (fullgraph; "default" mode unless a mode is named: CUDA graphs
+        of a ControlNet feeding the UNet are not verified here)."""
+        if not compile:
+            return net
+        mode = compile if isinstance(compile, str) else "default"
+        key = (mode, id(net))
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(net, fullgraph=True, mode=mode)
+        return self._compiled[key]
+
+    def _controls(self, controlnet, control_image, control_scale, height, width, n):
+        """[(ControlNet, control image [1 or n, 3, H, W] in [0, 1] on the device, scale), ...], all checked
+        before anything runs. One ControlNet takes one image (or a batch [n, H, W, 3]); a list of
+        ControlNets takes a list of images and a scale each (or one scale for all)."""
+        if controlnet is None:
+            if control_image is not None:
+                raise PipelineError("control_image given without a controlnet")
+            return []
+        many = isinstance(controlnet, (list, tuple))
+        nets, images = (list(controlnet), control_image) if many else ([controlnet], [control_image])
+        if control_image is None or not isinstance(images, (list, tuple)) or len(images) != len(nets):
+            got = "none" if control_image is None else (len(images) if isinstance(images, (list, tuple)) else "one")
+            raise PipelineError(f"{len(nets)} ControlNet(s) but {got} control image(s): give one image per ControlNet "
+                                f"(a list when controlnet is a list)")
+        scales = list(control_scale) if isinstance(control_scale, (list, tuple)) else [control_scale] * len(nets)
+        if len(scales) != len(nets) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scales):
+            raise PipelineError(f"control_scale must be a number or one number per ControlNet ({len(nets)}), "
+                                f"got {control_scale!r}")
+        out = []
+        for i, (net, image, scale) in enumerate(zip(nets, images, scales)):
+            problems = misfits(net, self.unet, self.vae_factor)
+            if problems:
+                raise PipelineError(f"ControlNet {i} does not fit the UNet: " + "; ".join(problems))
+            p = next(net.parameters())
+            if (p.device, p.dtype) != (self.device, self.dtype):
+                raise PipelineError(f"ControlNet {i} is on {p.device} in {p.dtype} but the UNet on {self.device} in "
+                                    f"{self.dtype}: load it with load_controlnet(..., dtype=, device=) to match")
+            try:
+                cond = control_tensor(image, height, width)
+            except ImageError as e:
+                raise PipelineError(f"control image {i}: {e}") from None
+            if cond.shape[0] not in (1, n):
+                raise PipelineError(f"control image {i}: {cond.shape[0]} images for {n} prompt(s) x batch: give one, "
+                                    f"or one each")
+            out.append((net, cond.to(self.device, self.dtype), float(scale)))
+        return out
+
     def latent_shape(self, n, height, width):
         return (n, self.unet.config["in_channels"], height // self.vae_factor, width // self.vae_factor)
 
@@ -165,11 +215,14 @@ class Pipeline:
     @torch.no_grad()
     def __call__(self, prompt, negative_prompt=None, steps=1, guidance=1.0, seed=0, height=None, width=None,
                  batch=1, latents=None, return_latents=False, compile=False, progress=True, sampler="euler",
-                 init_image=None, strength=1.0):
+                 init_image=None, strength=1.0, controlnet=None, control_image=None, control_scale=1.0):
         """Text-to-image (height, width: 512 by default), or image-to-image with `init_image` (uint8
         [H, W, 3], its size is the output's) and `strength` in (0, 1]: the flow starts at
         t0 = 1 - strength from X_t0 = t0 X_1^img + (1 - t0) X_0 (Eq. (1)) and takes `steps` Euler steps of
-        (1 - t0) / steps to t = 1. strength 1 is text-to-image with the same seed."""
+        (1 - t0) / steps to t = 1. strength 1 is text-to-image with the same seed.
+        With `controlnet` (a ControlNet, or a list) and `control_image` (uint8 [H, W, 3] or [H, W], resized
+        to the output size; a list for a list), each step's UNet call adds control_scale x the ControlNets'
+        residuals (sd/controlnet/control.py)."""
         prompts, negatives = self._prompts(prompt, negative_prompt, batch)
         if init_image is not None:
             init, height, width = self._init_latents(init_image, len(prompts), height, width)
@@ -183,6 +236,7 @@ class Pipeline:
             raise PipelineError(f"strength must lie in (0, 1], got {strength!r}")
         if init_image is not None and sampler != "euler":
             raise PipelineError(f"image-to-image runs the rectified flow ('euler'), not {sampler!r}")
+        controls = self._controls(controlnet, control_image, control_scale, height, width, len(prompts))
         dev, secs = self.device, {}
 
         def sync():
@@ -217,6 +271,8 @@ class Pipeline:
             bar.update()
 
         unet, vae_decode = self.networks(compile)
+        if controls:
+            unet = controlled(unet, [(self.controlnet_for(net, compile), cond, s) for net, cond, s in controls])
         latents = sample(unet, context, latents, steps, guidance, sampler, compile, callback=tick, t0=start)
         bar.close()
         t0 = time.perf_counter()

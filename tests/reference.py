@@ -27,10 +27,13 @@ def instaflow_inversion(unet, vae, text, tok, prompt, init, steps, guidance):
     return x
 
 
-def instaflow_reference(unet, vae, text, tok, prompts, negatives, steps, guidance, seed, size, init=None, strength=1.0):
+def instaflow_reference(unet, vae, text, tok, prompts, negatives, steps, guidance, seed, size, init=None, strength=1.0,
+                        controls=()):
     """InstaFlow's released sampling loop, on diffusers/transformers modules. With `init` (float images
     [B, 3, H, W] in [-1, 1]) it is image-to-image: start at t0 = 1 - strength on the straight line
-    between the seeded noise and the image's latents, then Euler steps of (1 - t0) / steps."""
+    between the seeded noise and the image's latents, then Euler steps of (1 - t0) / steps.
+    controls: [(diffusers ControlNetModel, control image [1, 3, H, W] in [0, 1], scale)], as InstaFlow's
+    ControlNet pipeline runs them: same input, timestep and context as the UNet, residuals summed."""
     dev, dtype = unet.device, unet.dtype
     cfg = guidance > 1
     emb = embed_cfg(text, tok, prompts, negatives, guidance, dev, dtype)
@@ -47,7 +50,14 @@ def instaflow_reference(unet, vae, text, tok, prompts, negatives, steps, guidanc
     for i in range(steps):
         t = (1.0 - (t0 + (1.0 - t0) * i / steps)) * 1000.0
         inp = torch.cat([latents] * 2) if cfg else latents
-        v = unet(inp, torch.ones(inp.shape[0], device=dev) * t, encoder_hidden_states=emb).sample
+        down, mid = None, None
+        for net, cond, scale in controls:
+            d, m = net(inp, t, encoder_hidden_states=emb, controlnet_cond=cond.to(dev, dtype), conditioning_scale=scale,
+                       return_dict=False)
+            down = d if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        v = unet(inp, torch.ones(inp.shape[0], device=dev) * t, encoder_hidden_states=emb,
+                 down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
         if cfg:
             v_neg, v_text = v.chunk(2)
             v = v_neg + guidance * (v_text - v_neg)
