@@ -1,6 +1,7 @@
-"""Forward time of the full-size SD 1.5 UNet (32x32 latents) and VAE decode (32x32 latents ->
-256x256 image), ours against diffusers with the same random weights and inputs, in the same run,
-in each dtype asked for.
+"""Forward time of the full-size SD 1.5 UNet (32x32 latents), VAE decode (32x32 latents -> 256x256
+image) and ControlNet (32x32 latents + a 256x256 control image; then the UNet taking its residuals),
+ours against diffusers with the same random weights and inputs (the ControlNet's zero convs random
+too, so that its residuals matter), in the same run, in each dtype asked for.
 
     python bench/forward.py [--repeats 5] [--dtypes fp32 bf16] [--device cpu]   (needs requirements-dev.txt)
 """
@@ -14,7 +15,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.models import random_sd  # noqa: E402
 from bench.timing import median_time  # noqa: E402
+from sd.controlnet import ControlNet  # noqa: E402
+from sd.controlnet.model import SD15_CONTROLNET  # noqa: E402
 from sd.generate import DTYPES  # noqa: E402
+
+
+def random_controlnet(dev, seed=2):
+    """SD 1.5's ControlNet (cross-attention 768) with random weights, and diffusers' with the same ones."""
+    import diffusers
+    ours = ControlNet({**SD15_CONTROLNET, "cross_attention_dim": 768}).to(dev).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.copy_((torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5).to(dev))
+    ref = diffusers.ControlNetModel(**{k: v for k, v in ours.config.items() if k != "sample_size"}).to(dev).eval()
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
 
 
 def main():
@@ -25,8 +41,10 @@ def main():
     args = p.parse_args()
     dev = torch.device(args.device)
     pipe, ref = random_sd("full", dev, torch.float32)
+    cn, ref_cn = random_controlnet(dev)
     g = torch.Generator().manual_seed(1)
     x32, ctx32 = torch.randn(1, 4, 32, 32, generator=g).to(dev), torch.randn(1, 77, 768, generator=g).to(dev)
+    cond32 = torch.rand(1, 3, 256, 256, generator=g).to(dev)
     t = torch.tensor([500.0], device=dev)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{name}, torch {torch.__version__}, median of {args.repeats} runs\n")
@@ -35,13 +53,24 @@ def main():
     with torch.inference_mode():
         for dt in args.dtypes:
             dtype = DTYPES[dt]
-            for m in (pipe.unet, pipe.vae, ref.unet, ref.vae):
+            for m in (pipe.unet, pipe.vae, ref.unet, ref.vae, cn, ref_cn):
                 m.to(dtype)
-            x, ctx = x32.to(dtype), ctx32.to(dtype)
+            x, ctx, cond = x32.to(dtype), ctx32.to(dtype), cond32.to(dtype)
+
+            def controlled(unet, net, theirs):
+                down, mid = net(x, t, ctx, cond) if not theirs else \
+                    net(x, t, encoder_hidden_states=ctx, controlnet_cond=cond, return_dict=False)
+                return unet(x, t, ctx, down_residuals=down, mid_residual=mid) if not theirs else \
+                    unet(x, t, ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
             for label, ours, theirs in (("UNet forward, 1x4x32x32", lambda: pipe.unet(x, t, ctx),
                                          lambda: ref.unet(x, t, ctx).sample),
                                         ("VAE decode, 1x4x32x32 -> 256x256", lambda: pipe.vae.decode(x),
-                                         lambda: ref.vae.decode(x).sample)):
+                                         lambda: ref.vae.decode(x).sample),
+                                        ("ControlNet, 1x4x32x32 + 256x256 control (mid residual)",
+                                         lambda: cn(x, t, ctx, cond)[1],
+                                         lambda: ref_cn(x, t, ctx, cond, return_dict=False)[1]),
+                                        ("UNet + ControlNet residuals", lambda: controlled(pipe.unet, cn, False),
+                                         lambda: controlled(ref.unet, ref_cn, True))):
                 diff = (ours().float() - theirs().float()).abs().max().item()
                 r, o = median_time(theirs, args.repeats, dev), median_time(ours, args.repeats, dev)
                 print(f"| {label} | {dt} | {o:.3f} | {r:.3f} | {o / r:.2f} | {diff:.1e} |", flush=True)

@@ -72,6 +72,11 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     assert list(m["inversion"]) == ["teacher (CFG 3)", "teacher (CFG 1)", "2-RF", "distilled 2-RF (2-RF inverts, 1 step)"]
     assert all(list(r) == ["1", "4"] and all(np.isfinite(list(r.values()))) for r in m["inversion"].values())
     assert len(m["edit"]) == 6 and all(0 <= r["fidelity"] <= 1 and r["centroid_shift_px"] >= 0 for r in m["edit"].values())
+    ctrl = m["controlnet"]
+    assert list(ctrl) == [f"{k}, {w} ControlNet" for k in ("teacher, 4 steps", "2-RF, 4 steps", "2-RF, 1 step",
+                                                           "distilled 2-RF, 1 step") for w in ("without", "with")]
+    assert all(0 <= r["iou"] <= 1 and 0 <= r["judge"] <= r["colour"] <= 1 for r in ctrl.values())
+    assert (tmp_path / "control.png").stat().st_size > 1000
     assert "distilled 2-RF, 1 step" in r.stdout
     for stage, iters in (("teacher", fast.teacher_iters), ("2rf", fast.reflow_iters), ("student", fast.distill_iters)):
         assert latest_checkpoint(tmp_path / stage).name == f"step-{iters:07d}.safetensors"   # every step ran
@@ -86,9 +91,9 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     kept = stamps()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0
-    assert stamps() == kept and len(kept) == 7          # 3 checkpoints, 2 manifests, 2 shards
+    assert stamps() == kept and len(kept) == 8          # 3 checkpoints, 2 manifests, 2 shards, the ControlNet
     m2 = json.loads((tmp_path / "metrics.json").read_text())
-    assert all(m2[k] == m[k] for k in names + ["straightness", "inversion", "edit"])
+    assert all(m2[k] == m[k] for k in names + ["straightness", "inversion", "edit", "controlnet"])
 
 
 def test_edit_recolours_keeps_shape_and_position_and_centroids_find_the_shape():
@@ -128,7 +133,7 @@ def test_inversion_and_edits_on_straight_fields_are_exact():
         assert torch.allclose(got, want, atol=1e-12), model
 
 
-@pytest.mark.skipif(not os.environ.get("RECTFLOW_SLOW"), reason="the default run takes ~22 min on 2 cores: RECTFLOW_SLOW=1")
+@pytest.mark.skipif(not os.environ.get("RECTFLOW_SLOW"), reason="the default run takes ~28 min on 2 cores: RECTFLOW_SLOW=1")
 def test_default_run_tells_the_instaflow_story(tmp_path):
     """The claims of the README's table, on a fresh default run (not in CI: too long)."""
     from sd.mini.run import MiniConfig, run
@@ -144,3 +149,6 @@ def test_default_run_tells_the_instaflow_story(tmp_path):
     assert ed["2-RF, 4 steps back"]["fidelity"] >= 0.95 and ed["student, 4 steps back"]["fidelity"] >= 0.95
     control = ed["control: fresh noise, 2-RF 4 steps"]["centroid_shift_px"]
     assert all(ed[k]["centroid_shift_px"] < control for k in ("2-RF, 1 step back", "2-RF, 4 steps back"))
+    c = m["controlnet"]                         # the teacher's ControlNet steers the one-step student
+    assert c["distilled 2-RF, 1 step, with ControlNet"]["iou"] > c["distilled 2-RF, 1 step, without ControlNet"]["iou"] + 0.15
+    assert c["distilled 2-RF, 1 step, with ControlNet"]["colour"] >= 0.95

@@ -69,6 +69,11 @@ SOLUTIONS = {
          "    return x1[torch.from_numpy(col)]"),
         ("winner_at_2 = None   # your code here", "winner_at_2 = min(W, key=lambda m: W[m][1])"),
     ],
+    "09_controlnet.ipynb": [
+        ("my_iou = None   # your code here",
+         "fg = ((shown['student, 1 step, with'] + 1) / 2).amax(1) > 0.5\nm = masks[:, 0] > 0\n"
+         "my_iou = ((fg & m).flatten(1).sum(1) / (fg | m).flatten(1).sum(1).clamp(min=1)).mean()"),
+    ],
 }
 
 

@@ -71,6 +71,19 @@ class ControlNet(Encoder):
         self.controlnet_down_blocks = nn.ModuleList([zero(nn.Conv2d(w, w, 1)) for w in skips])
         self.controlnet_mid_block = zero(nn.Conv2d(boc[-1], boc[-1], 1))
 
+    @classmethod
+    def from_unet(cls, unet, **config):
+        """A new ControlNet for `unet`, as ControlNet training starts: the encoder's weights copied from the
+        UNet, the control image embedding fresh, the zero convs at zero. `config`: e.g.
+        conditioning_embedding_out_channels (one width per halving from pixels to latents)."""
+        keep = ("in_channels", "block_out_channels", "layers_per_block", "down_block_types", "attention_head_dim",
+                "num_attention_heads", "cross_attention_dim", "norm_num_groups", "norm_eps", "use_linear_projection", "sample_size")
+        net = cls({**{k: unet.config[k] for k in keep if k in unet.config}, **config})
+        encoder = {k: v for k, v in unet.state_dict().items() if not k.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))}
+        missing, unexpected = net.load_state_dict(encoder, strict=False)
+        assert not unexpected and all(k.startswith("controlnet_") for k in missing), (missing, unexpected)
+        return net.to(next(unet.parameters()))
+
     @property
     def factor(self):
         """Pixels per latent cell: E halves the control image's side once per width step."""

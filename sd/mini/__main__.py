@@ -19,6 +19,8 @@ def main(argv=None):
             print(f"{name:28s} {r['steps']:5d} {r['fidelity']:9.3f} {r['colour']:7.3f} {r['position']:9.3f} "
                   f"{r['mse_to_teacher']:15.4f}")
     print("straightness:", json.dumps({k: round(v, 3) for k, v in m["straightness"].items()}))
+    for name, r in m["controlnet"].items():
+        print(f"{name:45s} IoU with the control mask {r['iou']:.3f}, colour {r['colour']:.3f}")
     print(f"wrote {args.out}/metrics.json and {args.out}/grid.png in {m['seconds']['total']:.0f} s")
 
 

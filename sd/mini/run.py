@@ -9,6 +9,8 @@
     4. evaluate  straightness; prompt fidelity (the rule-based judge); the mean squared distance to the
                  teacher's many-step image from the same noise; an image grid; inversion and editing
                  (sd/mini/edit.py: invert-then-generate errors, recolouring edits, edit.png)
+    6. control   a ControlNet trained on the frozen teacher to follow the shapes' masks, then used
+                 unchanged on the 2-RF and the student (sd/mini/control.py, control.png)
 
 The text encoder is trained with the teacher and then frozen (SD's is frozen CLIP). Every stage goes
 through the same code as the SD-scale CLI (`python -m sd.reflow`), writes into `out`, and resumes:
@@ -25,11 +27,13 @@ from matplotlib.figure import Figure
 from rectflow.metrics import straightness
 
 from .. import triplets
+from ..loaders import read_weights
 from ..pipeline import noise
+from ..safetensors_io import save_file
 from ..samplers import eps_velocity
 from ..sampling import cfg_context, guided_model, rf_timestep, sample
 from ..trainer import TrainConfig, latest_checkpoint, train, weights
-from . import edit, models, shapes
+from . import control, edit, models, shapes
 
 
 @dataclass
@@ -51,13 +55,14 @@ class MiniConfig:
     straightness_steps: int = 16
     inversion_samples: int = 256   # held-out renders inverted and edited (sd/mini/edit.py)
     inversion_steps: tuple = (1, 2, 4, 16)
+    controlnet_iters: int = 1500
     seed: int = 0
 
     def fast(self):
         """A smoke run (about a minute): every stage, tiny numbers; the results mean nothing."""
         return replace(self, train_images=256, teacher_iters=12, pairs=32, teacher_steps=4, reflow_iters=6,
                        rf_steps=2, distill_iters=6, batch_size=16, eval_samples=16, straightness_steps=4,
-                       inversion_samples=16, inversion_steps=(1, 4))
+                       inversion_samples=16, inversion_steps=(1, 4), controlnet_iters=4)
 
 
 def context_fn(text_encoder, tok, guidance):
@@ -222,9 +227,38 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
     titles = [f"a {c.split()[1]}>{edit.recolour(c).split()[1]} {c.split(maxsplit=2)[2]}" for c in (inv_caps[i] for i in show)]
     grid(edits, titles, out / "edit.png")
     seconds["evaluate"] = time.time() - t0
+
+    # 6. a ControlNet on the teacher, used on every model (sd/mini/control.py)
+    t0 = time.time()
+    controlnet = stage_controlnet(unet, text_encoder, tok, out / "controlnet", cfg, progress)
+    nets = {"teacher, {} steps".format(cfg.teacher_steps): (unet, cfg.teacher_steps, "dpm++", cfg.guidance),
+            "2-RF, 4 steps": (rf2, 4, "euler", 1.0), "2-RF, 1 step": (rf2, 1, "euler", 1.0),
+            "distilled 2-RF, 1 step": (student, 1, "euler", 1.0)}
+    with torch.no_grad():
+        metrics["controlnet"], shown, masks, prompts = control.evaluate(nets, controlnet, text_encoder, tok,
+                                                                        cfg.eval_samples, cfg.size, cfg.seed + 9)
+    rows = {"control mask": masks[:8] * 2 - 1, "student, no ControlNet": shown["distilled 2-RF, 1 step, without"][:8],
+            **{k.replace("distilled 2-RF", "student"): v[:8] for k, v in shown.items() if k.endswith(", with")}}
+    grid(rows, prompts[:8], out / "control.png")
+    seconds["controlnet"] = time.time() - t0
     metrics["seconds"] = {**seconds, "total": time.time() - t_start}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def stage_controlnet(unet, text_encoder, tok, out, cfg, progress):
+    """Train the mini ControlNet, or load it when a previous run finished it."""
+    f = Path(out) / "controlnet.safetensors"
+    if f.exists():
+        net = control.controlnet_for(unet)
+        net.load_state_dict(read_weights(f))
+        return net.eval()
+    net, losses = control.train_controlnet(unet, text_encoder, tok, cfg.controlnet_iters, cfg.batch_size,
+                                           seed=cfg.seed + 3, progress=progress)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, f,
+              metadata={"losses": json.dumps([losses[0], losses[-1]])})
+    return net
 
 
 def load_models(out="runs/mini"):
