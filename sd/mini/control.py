@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .. import objectives
 from ..controlnet import ControlNet, controlled
-from ..sampling import sample
+from ..sampling import cfg_context, sample
 from . import shapes
 
 
@@ -71,13 +71,14 @@ def evaluate(nets, controlnet, text_encoder, tok, n=256, size=16, seed=123):
     caps = [shapes.CAPTIONS[i % len(shapes.CAPTIONS)] for i in range(n)]
     control = masks(shapes.render(caps, size, gen))
     colours = list(shapes.COLOURS)
-    prompts = [c.replace(c.split()[1], colours[(colours.index(c.split()[1]) + 1 + i % 3) % 4], 1)
-               for i, c in enumerate(caps)]
+    prompts = []
+    for i, c in enumerate(caps):                        # each of the other three colours in turn
+        colour, shape, position = shapes.parse(c)
+        prompts.append(shapes.caption(colours[(colours.index(colour) + 1 + i % 3) % 4], shape, position))
     x0 = torch.randn(control.shape, generator=gen)
-    table, shown = {}, {}
+    ids, empty, table, shown = tok(prompts), tok([""]), {}, {}
     for name, (unet, steps, sampler, guidance) in nets.items():
-        ids = tok(prompts)
-        ctx = text_encoder(ids) if guidance <= 1 else torch.cat([text_encoder(tok([""] * n)), text_encoder(ids)])
+        ctx = cfg_context(text_encoder, ids, empty, guidance)       # [empty; prompts] under CFG
         for tag, model in (("without", unet), ("with", controlled(unet, [(controlnet, control, 1.0)]))):
             imgs = sample(model, ctx, x0.clone(), steps, guidance, sampler)
             judged = shapes.judge(imgs, prompts)
