@@ -39,9 +39,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.models import random_sd  # noqa: E402
-from sd.euler import cfg_euler_step, fused_step  # noqa: E402
-from sd.pipeline import load_pipeline  # noqa: E402
-from sd.trainer import TrainConfig, train  # noqa: E402
+from sd.sampling.euler import cfg_euler_step, fused_step  # noqa: E402
+from sd.sampling.pipeline import load_pipeline  # noqa: E402
+from sd.training.trainer import TrainConfig, train  # noqa: E402
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -60,7 +60,7 @@ def make_checkpoint(folder):
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from sd.unet import SD15_UNET
+    from sd.models.unet import SD15_UNET
     print("creating a full-size SD 1.5 UNet with random weights (fp16) ...", flush=True)
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(**SD15_UNET).half()

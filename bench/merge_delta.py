@@ -1,4 +1,4 @@
-"""Peak memory of `sd.deltas.merge_delta` on a full-size SD 1.5 UNet: W_rf + alpha (W_ft - W_base), with
+"""Peak memory of `sd.edits.deltas.merge_delta` on a full-size SD 1.5 UNet: W_rf + alpha (W_ft - W_base), with
 base and fine-tuned read tensor by tensor from memory-mapped safetensors folders.
 
     python bench/merge_delta.py [--dtype fp16] [--dir /tmp/merge-bench]
@@ -22,9 +22,9 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sd.deltas import merge_delta  # noqa: E402
-from sd.loaders import save_unet  # noqa: E402
-from sd.unet import SD15_UNET, UNet  # noqa: E402
+from sd.edits.deltas import merge_delta  # noqa: E402
+from sd.checkpoints.loaders import save_unet  # noqa: E402
+from sd.models.unet import SD15_UNET, UNet  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from sd.clip import SD15_TEXT, TextEncoder
-from sd.pipeline import Pipeline
-from sd.tokenizer import Tokenizer, TokenizerError, byte_vocab, load_tokenizer
-from sd.unet import SD15_UNET, UNet
-from sd.vae import SD15_VAE, VAE
+from sd.models.clip import SD15_TEXT, TextEncoder
+from sd.sampling.pipeline import Pipeline
+from sd.models.tokenizer import Tokenizer, TokenizerError, byte_vocab, load_tokenizer
+from sd.models.unet import SD15_UNET, UNet
+from sd.models.vae import SD15_VAE, VAE
 
 VAE_TYPES = dict(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
 CONFIGS = {

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.models import random_sd  # noqa: E402
 from bench.timing import median_time  # noqa: E402
-from sd.euler import cfg_euler_step, fused_step  # noqa: E402
+from sd.sampling.euler import cfg_euler_step, fused_step  # noqa: E402
 from sd.generate import DTYPES  # noqa: E402
 from tests.reference import instaflow_reference  # noqa: E402
 

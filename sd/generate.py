@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoints.images import ImageError, fit, read_image
+from .checkpoints.loaders import CheckpointError
+from .checkpoints.safetensors_io import SafetensorsError, load_file
 from .controlnet import canny, load_controlnet
-from .images import ImageError, fit, read_image
-from .loaders import CheckpointError
-from .lora import LoraError, split_scale
-from .pipeline import PipelineError, default_sampler, load_pipeline
-from .safetensors_io import SafetensorsError, load_file
-from .tokenizer import TokenizerError
+from .edits.lora import LoraError, split_scale
+from .models.tokenizer import TokenizerError
+from .sampling.pipeline import PipelineError, default_sampler, load_pipeline
 
 ERRORS = (PipelineError, CheckpointError, SafetensorsError, TokenizerError, ImageError, LoraError, RuntimeError)
 

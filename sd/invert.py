@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints.images import fit, psnr, read_image
+from .checkpoints.safetensors_io import save_file
 from .generate import DTYPES, ERRORS, device_of, save_png
-from .images import fit, psnr, read_image
-from .pipeline import load_pipeline
-from .safetensors_io import save_file
+from .sampling.pipeline import load_pipeline
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """InstaFlow's training at SD scale: python -m sd.reflow {generate, train, distill, export}.
 
-    generate  (text, noise, image) triplets from a teacher (sd/triplets.py): shards + manifest, resumable,
+    generate  (text, noise, image) triplets from a teacher (sd/training/triplets.py): shards + manifest, resumable,
               split over `torchrun` ranks
     train     text-conditioned reflow from a model folder's UNet on a triplet folder -> the 2-RF
     distill   a one-step student from a model folder's UNet (the exported 2-RF) on pairs made by the 2-RF
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from . import triplets
+from .checkpoints.loaders import CheckpointError, load_text_encoder, load_unet, locate, save_unet
+from .checkpoints.safetensors_io import SafetensorsError
 from .generate import DTYPES
-from .loaders import CheckpointError, load_text_encoder, load_unet, locate, save_unet
-from .pipeline import PipelineError, check_size, default_sampler, load_pipeline
-from .safetensors_io import SafetensorsError
-from .sampling import SAMPLER_NAMES, cfg_context, sample
-from .tokenizer import TokenizerError, load_tokenizer
-from .trainer import TrainConfig, config_from, latest_checkpoint, ranks, read_checkpoint, select_weights, train
-from .unet import UNet
+from .models.tokenizer import TokenizerError, load_tokenizer
+from .models.unet import UNet
+from .sampling.loop import SAMPLER_NAMES, cfg_context, sample
+from .sampling.pipeline import PipelineError, check_size, default_sampler, load_pipeline
+from .training import triplets
+from .training.trainer import TrainConfig, config_from, latest_checkpoint, ranks, read_checkpoint, select_weights, train
 
 
 def cmd_generate(a):

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from sd.controlnet import ControlNet, canny, load_controlnet
-from sd.loaders import CheckpointError
-from sd.pipeline import PipelineError, load_pipeline
-from sd.safetensors_io import save_file
+from sd.checkpoints.loaders import CheckpointError
+from sd.sampling.pipeline import PipelineError, load_pipeline
+from sd.checkpoints.safetensors_io import save_file
 from tests.conftest import ROOT
 from tests.reference import instaflow_reference as reference
 from tests.test_sd_models import UNET3_CFG, UNET_CFG, randomize, to_ldm_unet
@@ -203,7 +203,7 @@ def test_control_scale_zero_is_no_controlnet_and_images_are_resized(model, nets)
     kw = dict(steps=2, guidance=2.0, seed=3, height=64, width=64, progress=False, return_latents=True)
     plain = pipe("a cat", **kw).latents
     assert torch.equal(pipe("a cat", controlnet=net, control_image=img, control_scale=0.0, **kw).latents, plain)
-    from sd.images import resize
+    from sd.checkpoints.images import resize
     a = pipe("a cat", controlnet=net, control_image=img, **kw).latents            # 96 px -> 64 px inside
     b = pipe("a cat", controlnet=net, control_image=resize(img, 64, 64), **kw).latents
     assert torch.equal(a, b) and not torch.equal(a, plain)
@@ -287,7 +287,7 @@ def _cli(*args):
 
 def test_cli_with_controlnets_equals_the_api(model, nets, tmp_path):
     from sd.generate import save_png
-    from sd.images import read_image
+    from sd.checkpoints.images import read_image
     imgs = control_images()
     for i, im in enumerate(imgs):
         save_png(im, tmp_path / f"c{i}.png")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sd.pipeline import load_pipeline
-from sd.trainer import TrainConfig, latest_checkpoint, read_checkpoint, train
+from sd.sampling.pipeline import load_pipeline
+from sd.training.trainer import TrainConfig, latest_checkpoint, read_checkpoint, train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

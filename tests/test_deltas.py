@@ -1,4 +1,4 @@
-"""Fine-tune deltas (sd/deltas.py): W_rf + alpha (W_ft - W_base) on tiny folders, checked before changing
+"""Fine-tune deltas (sd/edits/deltas.py): W_rf + alpha (W_ft - W_base) on tiny folders, checked before changing
 anything, and the CLI's --merge-delta."""
 import shutil
 import subprocess
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sd.deltas import merge_delta
-from sd.loaders import CheckpointError, load_unet, load_vae
-from sd.pipeline import load_pipeline
+from sd.edits.deltas import merge_delta
+from sd.checkpoints.loaders import CheckpointError, load_unet, load_vae
+from sd.sampling.pipeline import load_pipeline
 from tests.conftest import ROOT
 from tests.test_sd_models import UNET3_CFG, randomize
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from sd.clip import TextEncoder
-from sd.loaders import _strip_text
-from sd.pipeline import load_pipeline
-from sd.vae import VAE
+from sd.models.clip import TextEncoder
+from sd.checkpoints.loaders import _strip_text
+from sd.sampling.pipeline import load_pipeline
+from sd.models.vae import VAE
 from tests.reference import instaflow_reference
 from tests.test_sd_models import UNET4_CFG, load_unet_from, ref_text, ref_unet, ref_vae, unet_inputs
 

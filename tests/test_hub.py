@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from sd.loaders import CheckpointError, load_unet
-from sd.pipeline import load_pipeline
+from sd.checkpoints.loaders import CheckpointError, load_unet
+from sd.sampling.pipeline import load_pipeline
 from sd.reflow import main as reflow_main
 from tests.conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""Image-to-image and inversion in rectified-flow time (sd.pipeline, sd.generate, sd.invert) on the tiny
+"""Image-to-image and inversion in rectified-flow time (sd.sampling.pipeline, sd.generate, sd.invert) on the tiny
 random SD-layout model of tests/test_pipeline.py, against loops written on diffusers modules."""
 import subprocess
 import sys
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from sd.images import psnr, read_image, to_model_range
-from sd.pipeline import PipelineError, load_pipeline
-from sd.safetensors_io import load_file, save_file
+from sd.checkpoints.images import psnr, read_image, to_model_range
+from sd.sampling.pipeline import PipelineError, load_pipeline
+from sd.checkpoints.safetensors_io import load_file, save_file
 from tests.conftest import ROOT
 from tests.reference import instaflow_inversion as inversion_reference
 from tests.reference import instaflow_reference as reference
@@ -107,7 +107,7 @@ def test_cli_img2img_invert_and_regenerate(model, tmp_path):
     assert noise.shape == (1, 4, 16, 24)
     printed = float(r.stdout.split("reconstruction PSNR ")[1].split(" dB")[0])
     small = read_image(tmp_path / "in.png")
-    from sd.images import fit
+    from sd.checkpoints.images import fit
     assert printed == pytest.approx(psnr(read_image(tmp_path / "rec.png"), fit(small)[0]), abs=0.01)
     # regenerate from the noise: the same image as the reconstruction the inversion wrote
     r = _run("sd.generate", "--model", root, "--prompt", "a red circle", "--noise", str(tmp_path / "noise.safetensors"),

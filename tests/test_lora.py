@@ -1,4 +1,4 @@
-"""LoRA files (sd/lora.py) against diffusers' load_lora_weights + fuse_lora (peft backend) on the tiny
+"""LoRA files (sd/edits/lora.py) against diffusers' load_lora_weights + fuse_lora (peft backend) on the tiny
 model: kohya files (attention, feed-forward, proj_in/out, 3x3 resnet convs, time embedding projections,
 text encoder), peft files with lora_alpha in their metadata, older diffusers files; stacking, bit-exact
 unload, the errors, and the CLI's --lora."""
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from sd.lora import LoraError, layers, split_scale
-from sd.pipeline import load_pipeline
-from sd.safetensors_io import save_file
+from sd.edits.lora import LoraError, layers, split_scale
+from sd.sampling.pipeline import load_pipeline
+from sd.checkpoints.safetensors_io import save_file
 from tests.conftest import ROOT
 from tests.reference import instaflow_reference
 
@@ -159,7 +159,7 @@ def test_stacking_is_the_sum_of_the_updates(model, files):
 
 def _bad_files(pipe, tmp, files):
     """(file, the words its error must contain) for every kind of bad LoRA file."""
-    from sd.safetensors_io import load_file
+    from sd.checkpoints.safetensors_io import load_file
     good = load_file(files["kohya"])
     some = next(k for k in good if "attn2_to_k.lora_down" in k)
     some_up = some.replace(".lora_down.", ".lora_up.")
@@ -221,14 +221,14 @@ def test_cli_lora_is_the_api_and_a_bad_file_exits_2(model, files, tmp_path):
 
 
 def test_a_delta_merge_waits_for_the_loras_to_be_unloaded(model, files):
-    from sd.pipeline import PipelineError
+    from sd.sampling.pipeline import PipelineError
     pipe = load_pipeline(model[0]).load_lora(files["kohya"])
     with pytest.raises(PipelineError, match="unload the LoRAs"):
         pipe.merge_delta(model[0], model[0])
 
 
 def test_extract_lora_at_full_rank_reproduces_the_tuned_weights_and_truncation_error_falls_with_rank(model, tmp_path):
-    from sd.lora import extract_lora
+    from sd.edits.lora import extract_lora
     from tests.test_sd_models import randomize
     base = load_pipeline(model[0])
     tuned = copy.deepcopy(base.unet)

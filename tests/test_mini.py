@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sd.mini import models, shapes
-from sd.samplers import eps_velocity, sd_alphas_cumprod
+from sd.sampling.samplers import eps_velocity, sd_alphas_cumprod
 from tests.conftest import ROOT
 
 
@@ -54,7 +54,7 @@ def test_the_eps_teacher_as_a_velocity_field_is_exact_for_a_point_mass():
 
 def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     from sd.mini.run import MiniConfig
-    from sd.trainer import latest_checkpoint
+    from sd.training.trainer import latest_checkpoint
     cmd = [sys.executable, "-m", "sd.mini", "--fast", "--out", str(tmp_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]

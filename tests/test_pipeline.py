@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sd.euler import cfg_euler_step, fused_step
-from sd.pipeline import PipelineError, load_pipeline, noise, slerp
+from sd.sampling.euler import cfg_euler_step, fused_step
+from sd.sampling.pipeline import PipelineError, load_pipeline, noise, slerp
 from tests.conftest import ROOT
 from tests.reference import instaflow_reference as reference
 
@@ -34,8 +34,8 @@ def test_pipeline_equals_the_reference_loop(model, steps, guidance):
 
 def test_pipeline_from_a_single_file(model, tmp_path):
     """A single LDM checkpoint (tokenizer: OpenAI's vocabulary) samples like the same weights in a folder."""
-    from sd.safetensors_io import save_file
-    from sd.tokenizer import TokenizerError, openai_bpe_path
+    from sd.checkpoints.safetensors_io import save_file
+    from sd.models.tokenizer import TokenizerError, openai_bpe_path
     from tests.test_sd_models import to_ldm_unet, to_ldm_vae
     try:
         openai_bpe_path()

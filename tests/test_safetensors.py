@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sd.safetensors_io import DTYPES, SafeOpen, SafetensorsError, load_file, parse_header, save_file
+from sd.checkpoints.safetensors_io import DTYPES, SafeOpen, SafetensorsError, load_file, parse_header, save_file
 from tests.conftest import ROOT
 
 st = pytest.importorskip("safetensors.torch")    # the reference implementation, as an oracle
@@ -100,7 +100,7 @@ def test_invalid_files_raise_one_clear_error(tmp_path, content, message):
 
 
 def test_header_length_limit(tmp_path, monkeypatch):
-    import sd.safetensors_io as sio
+    import sd.checkpoints.safetensors_io as sio
     path = tmp_path / "big_header.safetensors"
     path.write_bytes(_file(GOOD, bytes(8)))
     assert load_file(path)["a"].shape == (2,)

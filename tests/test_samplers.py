@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from sd.pipeline import default_sampler, load_pipeline
-from sd.samplers import eps_to_rf, sample_ddim, sd_alphas_cumprod
+from sd.sampling.pipeline import default_sampler, load_pipeline
+from sd.sampling.samplers import eps_to_rf, sample_ddim, sd_alphas_cumprod
 
 diffusers = pytest.importorskip("diffusers")
 SD15 = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -66,6 +66,6 @@ def test_sampler_choice_from_the_scheduler_config(tmp_path):
 
 
 def test_unknown_sampler(model):  # noqa: F811
-    from sd.pipeline import PipelineError
+    from sd.sampling.pipeline import PipelineError
     with pytest.raises(PipelineError, match="unknown sampler 'heun'"):
         load_pipeline(model[0])("a cat", sampler="heun", height=32, width=32, progress=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sd import CheckpointError, load_text_encoder, load_unet, load_vae, save_unet
-from sd.safetensors_io import load_file, save_file
+from sd.checkpoints.safetensors_io import load_file, save_file
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -86,7 +86,7 @@ def test_unet_at_latent_sides_that_are_odd_at_every_level(cfg, hw):
 
 def load_unet_from(ref):
     """Our UNet with the weights of a diffusers one (same names, same config)."""
-    from sd.unet import UNet
+    from sd.models.unet import UNet
     ours = UNet(dict(ref.config))
     ours.load_state_dict(ref.state_dict())
     return ours.eval()
@@ -152,7 +152,7 @@ _RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_la
 
 
 def to_ldm_unet(sd, cfg):
-    """diffusers names -> CompVis names, written out independently of sd/loaders.py; diffusers'
+    """diffusers names -> CompVis names, written out independently of sd/checkpoints/loaders.py; diffusers'
     own converter checks that these are the real LDM names (test below)."""
     n = cfg["layers_per_block"]
     cross = [t.startswith("CrossAttn") for t in cfg["up_block_types"]]

@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from sd import objectives, triplets
-from sd.clip import TextEncoder
-from sd.pipeline import default_sampler, load_pipeline
+from sd.training import objectives, triplets
+from sd.models.clip import TextEncoder
+from sd.sampling.pipeline import default_sampler, load_pipeline
 from sd.reflow import main as reflow_main
-from sd.safetensors_io import load_file
-from sd.trainer import TrainConfig, batch_indices, latest_checkpoint, read_checkpoint, train, weights
-from sd.unet import UNet
+from sd.checkpoints.safetensors_io import load_file
+from sd.training.trainer import TrainConfig, batch_indices, latest_checkpoint, read_checkpoint, train, weights
+from sd.models.unet import UNet
 from tests.conftest import ROOT
 
 diffusers = pytest.importorskip("diffusers")

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from sd.tokenizer import EOS, Tokenizer, TokenizerError, load_tokenizer, openai_bpe_path, split_words
+from sd.models.tokenizer import EOS, Tokenizer, TokenizerError, load_tokenizer, openai_bpe_path, split_words
 from tests.prompts import prompts
 
 transformers = pytest.importorskip("transformers")

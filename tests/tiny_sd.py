@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from sd.tokenizer import byte_vocab
+from sd.models.tokenizer import byte_vocab
 from tests.test_sd_models import ref_unet, ref_vae
 
 

@@ -10,7 +10,7 @@ ControlNet pipeline does). Control images are RGB in [0, 1] at the output's pixe
 import numpy as np
 import torch
 
-from ..images import ImageError, resize
+from ..checkpoints.images import ImageError, resize
 
 
 def control_tensor(image, height, width):
@@ -31,7 +31,7 @@ def control_tensor(image, height, width):
 
 
 def controlled(unet, controls):
-    """The UNet with ControlNet residuals: model(x, t, context) for sd.sampling.sample.
+    """The UNet with ControlNet residuals: model(x, t, context) for sd.sampling.loop.sample.
     controls: [(controlnet, control image [1 or B, 3, H, W] in [0, 1], scale), ...]; an image of batch B
     is repeated for the two halves of a CFG batch of 2B."""
     def model(x, t, context):

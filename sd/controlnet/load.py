@@ -8,7 +8,7 @@ control_*.pth / .safetensors: `control_model.` + the UNet encoder's LDM names, `
 import json
 import re
 
-from ..loaders import (CheckpointError, _load, _resolve, _single_file, _unet_config_from_ldm, ldm_unet_to_diffusers,
+from ..checkpoints.loaders import (CheckpointError, _load, _resolve, _single_file, _unet_config_from_ldm, ldm_unet_to_diffusers,
                        read_weights)
 from .model import SD15_CONTROLNET, ControlNet
 

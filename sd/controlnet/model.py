@@ -1,6 +1,6 @@
 """ControlNet for SD 1.x (Zhang et al. 2023; diffusers' ControlNetModel, same parameter names and config.json).
 
-A trainable copy of the UNet's encoder (sd/unet.py `Encoder`: conv_in, time embedding, down blocks, mid
+A trainable copy of the UNet's encoder (sd/models/unet.py `Encoder`: conv_in, time embedding, down blocks, mid
 block) reads the noisy latents, the timestep and the text like the UNet does, plus a control image c
 (edges, depth, pose ...; RGB in [0, 1] at the output's pixel size):
 
@@ -15,7 +15,7 @@ so a fresh ControlNet changes nothing and training moves away from the UNet's ow
 import torch.nn.functional as F
 from torch import nn
 
-from ..unet import SD15_UNET, Encoder
+from ..models.unet import SD15_UNET, Encoder
 
 SD15_CONTROLNET = dict({k: v for k, v in SD15_UNET.items() if k not in ("out_channels", "up_block_types")},
                        conditioning_channels=3, conditioning_embedding_out_channels=[16, 32, 96, 256],

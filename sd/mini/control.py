@@ -12,9 +12,9 @@
 import torch
 from tqdm.auto import tqdm
 
-from .. import objectives
 from ..controlnet import ControlNet, controlled
-from ..sampling import cfg_context, sample
+from ..sampling.loop import cfg_context, sample
+from ..training import objectives
 from . import shapes
 
 
@@ -31,7 +31,7 @@ def controlnet_for(unet):
 
 def train_controlnet(teacher, text_encoder, tok, iters=1500, batch_size=64, lr=1e-4, drop_text=0.5, seed=0,
                      progress=True):
-    """A ControlNet trained on the frozen teacher (epsilon objective, sd/objectives.py) to follow masks;
+    """A ControlNet trained on the frozen teacher (epsilon objective, sd/training/objectives.py) to follow masks;
     returns (controlnet, losses)."""
     net = controlnet_for(teacher).train()
     teacher.requires_grad_(False)

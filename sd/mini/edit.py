@@ -3,7 +3,7 @@
     reconstruction  held-out renders x_1 with their captions c: invert with N backward Euler steps of a
                     model's field, X_{t-1/N} = X_t - (1/N) v(X_t, t, c), then regenerate with N forward
                     steps; the error E|| x_1' - x_1 ||^2 is summed over the 768 values (as S is). The
-                    teacher runs as a rectified flow (sd.samplers.eps_velocity). The one-step student
+                    teacher runs as a rectified flow (sd.sampling.samplers.eps_velocity). The one-step student
                     has no backward map of its own: the 2-RF it was distilled from inverts (N steps) and
                     the student regenerates in one step, as on the toy.
     edit            invert with the source caption ("a red circle at the top left"), regenerate from that

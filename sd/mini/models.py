@@ -1,9 +1,9 @@
-"""The mini InstaFlow's networks: SD's UNet and CLIP text encoder (sd/unet.py, sd/clip.py) in tiny
+"""The mini InstaFlow's networks: SD's UNet and CLIP text encoder (sd/models/unet.py, sd/models/clip.py) in tiny
 configurations, on 16 x 16 RGB images (pixel space: the mini run has no VAE), and a word-level BPE
 vocabulary for the captions' 13 words."""
-from sd.clip import TextEncoder
-from sd.tokenizer import BOS, EOS, Tokenizer, bytes_to_unicode
-from sd.unet import UNet
+from sd.models.clip import TextEncoder
+from sd.models.tokenizer import BOS, EOS, Tokenizer, bytes_to_unicode
+from sd.models.unet import UNet
 
 from .shapes import CAPTIONS
 

@@ -2,7 +2,7 @@
 
     0. teacher   UNet + text encoder trained the Stable Diffusion way (epsilon prediction, SD schedule,
                  CFG dropout) on captioned shapes (sd/mini/shapes.py)
-    1. triplets  (caption, X_0, X_1 = teacher's DPM-Solver++ with CFG from X_0)      sd/triplets.py
+    1. triplets  (caption, X_0, X_1 = teacher's DPM-Solver++ with CFG from X_0)      sd/training/triplets.py
     2. 2-RF      reflow on the triplets, initialised from the teacher's UNet (its last   objective "reflow"
                  conv zeroed: see TrainConfig.zero_output)
     3. student   new pairs from the 2-RF (Euler, many steps), then one-step distillation  objective "distill"
@@ -26,13 +26,13 @@ from matplotlib.figure import Figure
 
 from rectflow.metrics import straightness
 
-from .. import triplets
-from ..loaders import read_weights
-from ..pipeline import noise
-from ..safetensors_io import save_file
-from ..samplers import eps_velocity
-from ..sampling import cfg_context, guided_model, rf_timestep, sample
-from ..trainer import TrainConfig, latest_checkpoint, train, weights
+from ..checkpoints.loaders import read_weights
+from ..checkpoints.safetensors_io import save_file
+from ..sampling.loop import cfg_context, guided_model, rf_timestep, sample
+from ..sampling.pipeline import noise
+from ..sampling.samplers import eps_velocity
+from ..training import triplets
+from ..training.trainer import TrainConfig, latest_checkpoint, train, weights
 from . import control, edit, models, shapes
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .pipeline import noise
-from .safetensors_io import SafeOpen, SafetensorsError, save_file
+from ..checkpoints.safetensors_io import SafeOpen, SafetensorsError, save_file
+from ..sampling.pipeline import noise
 
 MANIFEST = "manifest.json"
 

@@ -3,7 +3,7 @@
     rectified flow ("euler"):  X_0 = noise;  for i < N:  t_i = i / N,
                                v = UNet(X, (1 - t_i) * 1000, c)     (the timestep is noise at 1000)
                                X <- X + (1/N) v                      (Euler, X_{t+dt} = X_t + dt v)
-    epsilon teachers ("ddim", "dpm++"): the solvers of sd/samplers.py on the same UNet.
+    epsilon teachers ("ddim", "dpm++"): the solvers of sd/sampling/samplers.py on the same UNet.
 With guidance w > 1 the context holds [negatives; prompts] and v = v_neg + w (v_text - v_neg) (CFG).
 
 The rectified flow may also run over a part of the time span, or backwards: from t0 to t1 in N steps

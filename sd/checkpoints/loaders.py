@@ -4,7 +4,7 @@
     save_unet(unet, folder): a diffusers `unet/` folder (config.json + safetensors)
 
 `path` is a model folder (with unet/, vae/, text_encoder/), a component folder (with config.json),
-a model id ("owner/name") downloaded into the local Hugging Face cache (sd/hub.py),
+a model id ("owner/name") downloaded into the local Hugging Face cache (sd/checkpoints/hub.py),
 or one .safetensors/.ckpt file in the original LDM layout (model.diffusion_model.*,
 first_stage_model.*, cond_stage_model.transformer.*). Models are built on the meta device and take
 the checkpoint's tensors as they are (views of the memory-mapped file), so loading does not hold two
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from .clip import SD15_TEXT, TextEncoder
+from ..models.clip import SD15_TEXT, TextEncoder
+from ..models.unet import SD15_UNET, UNet
+from ..models.vae import SD15_VAE, VAE
 from .hub import ModelNotFound, resolve_model
 from .safetensors_io import load_file, save_file
-from .unet import SD15_UNET, UNet
-from .vae import SD15_VAE, VAE
 
 
 class CheckpointError(ValueError):
@@ -64,7 +64,7 @@ def _component_files(folder, stem, variant):
 
 
 def locate(path):
-    """A local file or folder, or a model id ("owner/name") found in the Hugging Face cache (sd/hub.py)."""
+    """A local file or folder, or a model id ("owner/name") found in the Hugging Face cache (sd/checkpoints/hub.py)."""
     try:
         return resolve_model(path)
     except ModelNotFound as e:
@@ -259,7 +259,7 @@ def _unet_single(f):
 
 def unet_state_dict(path, variant=None):
     """The UNet's weights of a folder or single file in our names, memory-mapped (safetensors), without
-    building a model: (state dict, where). For reading two checkpoints tensor by tensor (sd/deltas.py)."""
+    building a model: (state dict, where). For reading two checkpoints tensor by tensor (sd/edits/deltas.py)."""
     _, sd, where = _state_dict(path, "unet", variant, _unet_single)
     return sd, where
 

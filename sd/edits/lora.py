@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .loaders import CheckpointError, read_weights
-from .safetensors_io import SafeOpen, SafetensorsError
+from ..checkpoints.loaders import CheckpointError, read_weights
+from ..checkpoints.safetensors_io import SafeOpen, SafetensorsError
 
 
 class LoraError(ValueError):

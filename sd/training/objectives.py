@@ -18,8 +18,8 @@ import torch
 from rectflow.distill import mse as l2
 from rectflow.flow import interpolate, sample_time, velocity_target
 
-from .samplers import sd_alphas_cumprod
-from .sampling import rf_timestep
+from ..sampling.loop import rf_timestep
+from ..sampling.samplers import sd_alphas_cumprod
 
 OBJECTIVES = ("eps", "reflow", "distill")
 

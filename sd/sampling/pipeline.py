@@ -11,7 +11,7 @@ Image-to-image (SDEdit in rectified-flow time) starts the same loop at t0 = 1 - 
 X_t0 = t0 X_1^img + (1 - t0) X_0; `invert` runs it backwards from an image's latents to noise.
 
 With sampler="ddim" or "dpm++" the same pipeline samples an epsilon-prediction teacher (SD 1.5)
-with the solvers of sd/samplers.py instead.
+with the solvers of sd/sampling/samplers.py instead.
 """
 import json
 import math
@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 
 from rectflow.checks import positive_int
 
-from . import deltas, lora
-from .controlnet.control import control_tensor, controlled
-from .controlnet.model import misfits
-from .images import ImageError, to_model_range
-from .loaders import locate, load_text_encoder, load_unet, load_vae
-from .sampling import SAMPLER_NAMES, cfg_context, sample
-from .tokenizer import load_tokenizer
+from ..checkpoints.images import ImageError, to_model_range
+from ..checkpoints.loaders import locate, load_text_encoder, load_unet, load_vae
+from ..controlnet.control import control_tensor, controlled
+from ..controlnet.model import misfits
+from ..edits import deltas, lora
+from ..models.tokenizer import load_tokenizer
+from .loop import SAMPLER_NAMES, cfg_context, sample
 
 
 class PipelineError(ValueError):
@@ -82,7 +82,7 @@ class Pipeline:
         self.loras, self.lora_originals = [], {}            # (file, scale) merged; weights before the first
 
     def load_lora(self, path, scale=1.0):
-        """Merge a LoRA file into the UNet and text encoder (sd/lora.py); several stack."""
+        """Merge a LoRA file into the UNet and text encoder (sd/edits/lora.py); several stack."""
         return lora.load_lora(self, path, scale)
 
     def unload_lora(self):
@@ -90,7 +90,7 @@ class Pipeline:
         return lora.unload_lora(self)
 
     def merge_delta(self, base, finetuned, alpha=1.0, variant=None):
-        """InstaFlow's fine-tune recipe (sd/deltas.py): UNet += alpha (finetuned - base), the fine-tune's
+        """InstaFlow's fine-tune recipe (sd/edits/deltas.py): UNet += alpha (finetuned - base), the fine-tune's
         VAE and text encoder."""
         if self.loras:
             raise PipelineError("unload the LoRAs before merging a fine-tune delta (unload_lora restores the "
@@ -207,7 +207,7 @@ class Pipeline:
         want = (ih if height is None else height, iw if width is None else width)
         if want != (ih, iw):
             raise PipelineError(f"init_image is {ih}x{iw} pixels but height x width asks for {want[0]}x{want[1]}: "
-                                f"resize the image first (sd.images.fit; the CLI does it)")
+                                f"resize the image first (sd.checkpoints.images.fit; the CLI does it)")
         if init.shape[0] not in (1, n):
             raise PipelineError(f"{init.shape[0]} init images for {n} prompt(s) x batch: give one, or one each")
         return init, ih, iw
@@ -330,7 +330,7 @@ def load_pipeline(path, dtype=None, device="cpu", variant=None, config=None):
     """A Pipeline from a diffusers model folder, a model id in the local Hugging Face cache
     ("XCLiu/instaflow_0_9B_from_sd_1_5" after `huggingface-cli download`), or a single SD 1.x
     checkpoint file (whose tokenizer then comes from OpenAI's vocabulary file, see
-    sd.tokenizer.load_tokenizer). `config` may hold
+    sd.models.tokenizer.load_tokenizer). `config` may hold
     overrides per component, {"unet": {...}, "vae": {...}, "text_encoder": {...}}."""
     path = locate(path)                                    # a path, or an "owner/name" id in the HF cache
     config = config or {}

@@ -13,7 +13,7 @@ reader) and merged in chunks of 4M elements, so the merge allocates tens of MiB,
 """
 import torch
 
-from .loaders import CheckpointError, check_keys, load_text_encoder, load_vae, unet_state_dict
+from ..checkpoints.loaders import CheckpointError, check_keys, load_text_encoder, load_vae, unet_state_dict
 
 
 def check_delta(unet, base, finetuned):

@@ -1,4 +1,4 @@
-"""One training loop for the teacher, reflow and distillation (sd/objectives.py), from one CPU to many GPUs.
+"""One training loop for the teacher, reflow and distillation (sd/training/objectives.py), from one CPU to many GPUs.
 
     for step in 0..iters-1:
         the global batch (B samples) = positions step*B .. step*B + B - 1 of a seeded permutation per epoch
@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from rectflow.checks import positive_int
 
+from ..checkpoints.safetensors_io import SafeOpen, SafetensorsError, save_file
 from . import objectives
-from .safetensors_io import SafeOpen, SafetensorsError, save_file
 
 
 @dataclass
