@@ -16,17 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints.images import ImageError, fit, read_image
-from .checkpoints.loaders import CheckpointError
-from .checkpoints.safetensors_io import SafetensorsError, load_file
+from .checkpoints.images import fit, read_image
+from .checkpoints.loaders import holds
+from .checkpoints.safetensors_io import load_file
+from .cli import (DTYPES, ERRORS, HelpFormatter, check_file, check_out, check_safetensors, check_sizes, check_steps,
+                  device_of, fail, save_png)
 from .controlnet import canny, load_controlnet
-from .edits.lora import LoraError, split_scale
-from .models.tokenizer import TokenizerError
+from .edits.lora import split_scale
 from .sampling.pipeline import PipelineError, default_sampler, load_pipeline
-
-ERRORS = (PipelineError, CheckpointError, SafetensorsError, TokenizerError, ImageError, LoraError, RuntimeError)
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def grid(images):
@@ -41,29 +38,13 @@ def grid(images):
     return out
 
 
-def save_png(array, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.image
-    matplotlib.image.imsave(path, array)
-
-
-def device_of(name):
-    """--device NAME as a torch.device; CUDA asked for where there is none is a PipelineError."""
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"--device {name}: CUDA is not available")
-    return dev
-
-
 def read_noise(path):
     """The "noise" tensor [B, C, h, w] of a file written by `python -m sd.invert`."""
-    if not Path(path).is_file():
-        raise PipelineError(f"--noise {path}: no such file")
+    check_file(path, "--noise")
     tensors = load_file(path)
     if "noise" not in tensors or tensors["noise"].ndim != 4:
-        raise PipelineError(f"{path}: not a noise file (expected a tensor 'noise' [B, C, h, w], found "
-                            f"{ {k: tuple(v.shape) for k, v in tensors.items()} })")
+        raise PipelineError(f"{path}: not a noise file: expected a tensor 'noise' [B, C, h, w] from "
+                            f"python -m sd.invert; it holds {holds(tensors)}")
     return tensors["noise"].float()
 
 
@@ -94,29 +75,30 @@ def scale_arg(scales):
     return 1.0 if not scales else scales[0] if len(scales) == 1 else scales
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m sd.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m sd.generate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, type=Path,
                    help="diffusers model folder, single checkpoint file, or a model id (owner/name) in the local "
-                        "Hugging Face cache")
+                        "Hugging Face cache (python -m sd.tiny writes a small random one to try)")
     p.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
-    p.add_argument("--negative-prompt", action="append", help="one per --prompt")
-    p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--height", type=int, help="pixels (default 512, or the init image's / noise's size)")
-    p.add_argument("--width", type=int, help="pixels (default 512, or the init image's / noise's size)")
+    p.add_argument("--negative-prompt", action="append", help="one per --prompt (used with --guidance > 1)")
+    p.add_argument("--steps", type=int, default=1, help="Euler steps (UNet calls), at least 1")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale; 1 = no CFG")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (the reference pipelines' "
+                   "convention: a seed gives their image)")
+    p.add_argument("--height", type=int, help="pixels, a multiple of 8 (default 512, or the init image's / noise's size)")
+    p.add_argument("--width", type=int, help="pixels, a multiple of 8 (default 512, or the init image's / noise's size)")
     p.add_argument("--batch", type=int, default=1, help="images per prompt")
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                   help="fp16 on a GPU; bf16 on a CPU with bf16 instructions, else fp32")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--compile", action="store_true", help="torch.compile the fused Euler step, the UNet and the VAE decoder (CUDA graphs on CUDA)")
     p.add_argument("--sampler", choices=["euler", "ddim", "dpm++", "auto"], default="euler",
-                   help="euler: rectified flow (InstaFlow, 2-RF; default); ddim / dpm++: an epsilon-prediction "
+                   help="euler: rectified flow (InstaFlow, 2-RF); ddim / dpm++: an epsilon-prediction "
                         "teacher such as SD 1.5; auto: from the folder's scheduler config")
     p.add_argument("--init-image", type=Path, help="PNG/JPEG to start from (image-to-image)")
     p.add_argument("--strength", type=float, default=0.6,
-                   help="with --init-image: how far back towards noise to start, in (0, 1] (default 0.6; 1 = text-to-image)")
+                   help="with --init-image: how far back towards noise to start, in (0, 1] (1 = text-to-image)")
     p.add_argument("--noise", type=Path, help="start from this noise (a .safetensors written by python -m sd.invert)")
     p.add_argument("--merge-delta", nargs=2, metavar=("BASE", "FINETUNED[:ALPHA]"),
                    help="add ALPHA (default 1) x (FINETUNED - BASE) to the UNet and take FINETUNED's VAE and text "
@@ -132,19 +114,53 @@ def main(argv=None):
                    help="its conditioning scale (default 1): once for all, or once per --controlnet")
     p.add_argument("--canny", metavar="LOW,HIGH", help="turn each control image into its Canny edges first "
                    "(sd.controlnet.canny, as cv2.Canny(image, LOW, HIGH))")
-    p.add_argument("--out", type=Path, default=Path("image.png"))
-    args = p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=Path("image.png"), help="PNG file (a grid when several images); "
+                   "missing folders are created")
+    return p
+
+
+def check_args(args):
+    """Everything that can be checked without the model, before it loads: returns the pipeline's keyword
+    arguments that come from files (init image, control images, noise)."""
+    dev = device_of(args.device)
+    check_out(args.out)
+    check_steps(args.steps)
+    check_sizes(args.height, args.width)
+    if args.batch < 1:
+        raise PipelineError(f"--batch must be at least 1, got {args.batch}")
+    if args.negative_prompt and len(args.negative_prompt) != len(args.prompt):
+        raise PipelineError(f"{len(args.prompt)} --prompt but {len(args.negative_prompt)} --negative-prompt: "
+                            f"give one per prompt")
+    if args.init_image and args.noise:
+        raise PipelineError("give --init-image or --noise, not both")
+    if args.noise and (args.height or args.width):
+        raise PipelineError("--noise fixes the size (its latents' size x 8): drop --height / --width")
+    if not 0 < args.strength <= 1:
+        raise PipelineError(f"--strength must lie in (0, 1], got {args.strength}")
+    if args.init_image and args.sampler not in ("euler", "auto"):
+        raise PipelineError(f"--init-image runs the rectified flow (--sampler euler), not {args.sampler}")
+    for spec in args.lora:
+        check_safetensors(split_scale(spec)[0], "--lora")
+    if args.merge_delta:
+        split_scale(args.merge_delta[1])
+    kw = dict(height=args.height, width=args.width)
+    control_images = control_args(args)
+    if args.controlnet:
+        kw.update(control_image=control_images, control_scale=scale_arg(args.control_scale))
+    if args.init_image:
+        kw["init_image"], note = fit(read_image(args.init_image), args.height, args.width)
+        kw.update(strength=args.strength, height=None, width=None)
+        if note:
+            print(note)
+    if args.noise:
+        kw["latents"] = read_noise(args.noise)
+    return dev, kw
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
-        dev = device_of(args.device)
-        kw = dict(height=args.height, width=args.width)
-        control_images = control_args(args)
-        if args.init_image and args.noise:
-            raise PipelineError("give --init-image or --noise, not both")
-        if args.init_image:
-            kw["init_image"], note = fit(read_image(args.init_image), args.height, args.width)
-            kw.update(strength=args.strength, height=None, width=None)
-            if note:
-                print(note)
+        dev, kw = check_args(args)
         pipe = load_pipeline(args.model, dtype=DTYPES[args.dtype], device=dev)
         if args.merge_delta:
             finetuned, alpha = split_scale(args.merge_delta[1])
@@ -156,16 +172,13 @@ def main(argv=None):
             print(f"LoRA {path} (scale {scale:g})")
         if args.controlnet:
             kw["controlnet"] = [load_controlnet(f, dtype=DTYPES[args.dtype], device=dev) for f in args.controlnet]
-            kw.update(control_image=control_images, control_scale=scale_arg(args.control_scale))
         if args.noise:
-            kw["latents"] = read_noise(args.noise)
             kw["height"], kw["width"] = (n * pipe.vae_factor for n in kw["latents"].shape[-2:])
         sampler = default_sampler(pipe.path) if args.sampler == "auto" else args.sampler
         out = pipe(args.prompt, args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
                    batch=args.batch, compile=args.compile, sampler=sampler, **kw)
     except ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     images = out.images
     save_png(grid(images) if len(images) > 1 else images[0], args.out)
     s = out.seconds

@@ -15,28 +15,37 @@ import torch
 
 from .checkpoints.images import fit, psnr, read_image
 from .checkpoints.safetensors_io import save_file
-from .generate import DTYPES, ERRORS, device_of, save_png
+from .cli import DTYPES, ERRORS, HelpFormatter, check_out, check_sizes, check_steps, device_of, fail, save_png
 from .sampling.pipeline import load_pipeline
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m sd.invert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m sd.invert", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="model folder, single file or local hub id")
     p.add_argument("--image", required=True, type=Path, help="PNG or JPEG")
     p.add_argument("--prompt", required=True, help="the prompt the image is inverted under")
-    p.add_argument("--negative-prompt")
-    p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--height", type=int, help="resize the image to this (default: its size rounded down to x8)")
-    p.add_argument("--width", type=int)
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", type=Path, default=Path("noise.safetensors"))
+    p.add_argument("--negative-prompt", help="used with --guidance > 1")
+    p.add_argument("--steps", type=int, default=1, help="backward Euler steps (and forward ones for the check), at least 1")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale; 1 = no CFG")
+    p.add_argument("--height", type=int, help="resize the image to this, a multiple of 8 (default: its size rounded down to x8)")
+    p.add_argument("--width", type=int, help="resize the image to this, a multiple of 8 (default: its size rounded down to x8)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="fp16 on a GPU; bf16 or fp32 on a CPU")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--out", type=Path, default=Path("noise.safetensors"), help="the noise (tensor 'noise'), for "
+                   "python -m sd.generate --noise")
     p.add_argument("--reconstruction", type=Path, help="also write the regenerated image here (PNG)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         dev = device_of(args.device)
+        check_out(args.out)
+        if args.reconstruction:
+            check_out(args.reconstruction, "--reconstruction")
+        check_steps(args.steps)
+        check_sizes(args.height, args.width)
         image, note = fit(read_image(args.image), args.height, args.width)
         if note:
             print(note)
@@ -46,10 +55,10 @@ def main(argv=None):
         again = pipe(args.prompt, args.negative_prompt, steps=args.steps, guidance=args.guidance, latents=x0.cpu(),
                      height=image.shape[0], width=image.shape[1], progress=False).images[0]
     except ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     meta = {"prompt": args.prompt, "steps": str(args.steps), "guidance": str(args.guidance),
             "height": str(image.shape[0]), "width": str(image.shape[1])}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file({"noise": x0.float().cpu().contiguous()}, args.out, metadata=meta)
     if args.reconstruction:
         save_png(again, args.reconstruction)

@@ -20,7 +20,7 @@ import torch
 
 from .checkpoints.loaders import CheckpointError, load_text_encoder, load_unet, locate, save_unet
 from .checkpoints.safetensors_io import SafetensorsError
-from .generate import DTYPES
+from .cli import DTYPES, HelpFormatter, fail, check_file, check_out, check_sizes, check_steps
 from .models.tokenizer import TokenizerError, load_tokenizer
 from .models.unet import UNet
 from .sampling.loop import SAMPLER_NAMES, cfg_context, sample
@@ -33,6 +33,10 @@ def cmd_generate(a):
     rank, world, device = ranks()
     if a.device:
         device = torch.device(a.device)
+    check_out(a.out, folder=True)
+    check_file(a.prompts, "--prompts")
+    check_steps(a.steps)
+    check_sizes(a.height, a.width)
     pipe = load_pipeline(a.teacher, dtype=DTYPES[a.dtype], device=device)
     sampler = a.sampler or default_sampler(pipe.path)
     for name in ("height", "width"):
@@ -61,6 +65,8 @@ def _check_data(data, unet, text_encoder, where):
 
 
 def cmd_train(a):
+    check_out(a.out, folder=True)
+    config_from(a).check()
     init = locate(a.init)
     unet, text = load_unet(init), load_text_encoder(init)
     data, _ = triplets.load(a.data)
@@ -77,13 +83,17 @@ def cmd_train(a):
 
 def cmd_export(a):
     """The checkpoint's UNet (EMA by default) + the init folder's other components -> a model folder."""
+    out = check_out(a.out, folder=True)
     ckpt = Path(a.checkpoint) if a.checkpoint else latest_checkpoint(a.run)
     if ckpt is None or not ckpt.exists():
         raise CheckpointError(f"{a.checkpoint or a.run}: no checkpoint (a training --out folder, or a step-*.safetensors)")
+    init = locate(a.init)
+    missing = [part for part in ("vae", "text_encoder", "tokenizer") if not (init / part).is_dir()]
+    if not init.is_dir() or missing:
+        raise CheckpointError(f"--init {init}: not a diffusers model folder (no {'/, '.join(missing or ['folder'])}/) "
+                              f"to copy the VAE, text encoder and tokenizer from (the mini's pixel-space models, "
+                              f"without a VAE, cannot be exported)")
     tensors, meta = read_checkpoint(ckpt)
-    init, out = locate(a.init), Path(a.out)
-    if not init.is_dir():
-        raise CheckpointError(f"{init}: export needs a model folder (vae/, text_encoder/, tokenizer/) to copy from")
     unet = UNet(meta["unet_config"])                     # the architecture is recorded in the checkpoint
     unet.load_state_dict(select_weights(tensors, a.weights))
     out.mkdir(parents=True, exist_ok=True)
@@ -100,31 +110,54 @@ def cmd_export(a):
     print(f"exported {ckpt} ({a.weights} weights) to {out}")
 
 
+# help for the trainer's fields (sd/training/trainer.py TrainConfig), shown by `train --help` / `distill --help`
+FIELD_HELP = {
+    "iters": "optimizer steps",
+    "batch_size": "global batch per optimizer step (all processes, all micro-batches)",
+    "grad_accum": "micro-batches per process and step",
+    "warmup": "steps of linear warmup, then a constant learning rate",
+    "weight_decay": "AdamW's weight decay",
+    "grad_clip": "clip the gradient norm to this (0: no clipping)",
+    "ema": "decay of the exponential moving average of the weights, which export uses (0: no EMA)",
+    "precision": "autocast precision (fp16 with a loss scaler, CUDA only)",
+    "grad_checkpointing": "recompute the UNet's activations in the backward pass: less memory, more compute",
+    "zero_output": "zero the UNet's last convolution at step 0, so the flow starts from v = 0 (docs/training.md says "
+                   "why, for a 2-RF initialised from an epsilon teacher)",
+    "cfg_dropout": "probability of training on the empty prompt (what classifier-free guidance needs)",
+    "time_sampler": "distribution of t for reflow: uniform (Algorithm 1) or logit_normal (Esser et al. 2024)",
+    "loss": "distillation loss: l2, or package.module:function taking (prediction, target)",
+    "seed": "seed of every random number of the run (batches, t, dropout): a resumed run repeats it exactly",
+    "save_every": "steps between checkpoints",
+    "keep": "checkpoints kept (the newest)",
+}
+FIELD_CHOICES = {"precision": ("fp32", "bf16", "fp16"), "time_sampler": ("uniform", "logit_normal")}
+
+
 def parser():
-    ap = argparse.ArgumentParser(prog="python -m sd.reflow", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m sd.reflow", description=__doc__, formatter_class=HelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="triplets from a teacher")
+    g = sub.add_parser("generate", help="triplets from a teacher", formatter_class=HelpFormatter)
     g.add_argument("--teacher", required=True, help="model folder or single SD 1.x file")
     g.add_argument("--prompts", required=True, help="text file, one prompt per line (one sample per line)")
-    g.add_argument("--out", required=True)
-    g.add_argument("--steps", type=int, default=25)
-    g.add_argument("--guidance", type=float, default=7.5)
-    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--out", required=True, help="triplet folder: manifest.json + shards (an existing one resumes)")
+    g.add_argument("--steps", type=int, default=25, help="the teacher's sampling steps")
+    g.add_argument("--guidance", type=float, default=7.5, help="the teacher's classifier-free guidance scale")
+    g.add_argument("--negative-prompt", default="", help="used with --guidance > 1")
     g.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: from the folder's scheduler (dpm++ for SD)")
-    g.add_argument("--shard-size", type=int, default=256)
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--height", type=int, default=512)
-    g.add_argument("--width", type=int, default=512)
+    g.add_argument("--shard-size", type=int, default=256, help="samples per shard file")
+    g.add_argument("--batch-size", type=int, default=8, help="samples per teacher call")
+    g.add_argument("--height", type=int, default=512, help="pixels, a multiple of 8")
+    g.add_argument("--width", type=int, default=512, help="pixels, a multiple of 8")
     g.add_argument("--seed", type=int, default=0, help="sample j starts from the noise of seed + j")
-    g.add_argument("--dtype", choices=DTYPES, default="fp32")
+    g.add_argument("--dtype", choices=DTYPES, default="fp32", help="the teacher's dtype (fp16 on a GPU)")
     g.add_argument("--device", help="default: cuda:LOCAL_RANK when there is a GPU, else cpu")
     g.set_defaults(fn=cmd_generate)
 
     defaults = TrainConfig()
     for name, objective, lr in (("train", "reflow", 1e-5), ("distill", "distill", 1e-5)):
-        t = sub.add_parser(name, help="reflow -> 2-RF" if name == "train" else "one-step distillation")
+        t = sub.add_parser(name, help="reflow -> 2-RF" if name == "train" else "one-step distillation",
+                           formatter_class=HelpFormatter)
         t.add_argument("--init", required=True, help="model folder (or single file) whose UNet starts the training")
         t.add_argument("--data", required=True, help="triplet folder made by `generate`")
         t.add_argument("--out", required=True, help="run folder: checkpoints/ (an existing run resumes)")
@@ -134,18 +167,19 @@ def parser():
                 continue
             flag = "--" + f.name.replace("_", "-")
             if f.type is bool:
-                t.add_argument(flag, action="store_true")
+                t.add_argument(flag, action="store_true", help=FIELD_HELP[f.name])
             elif not (name == "train" and f.name == "loss"):
-                t.add_argument(flag, type=f.type, default=getattr(defaults, f.name))
-        t.add_argument("--lr", type=float, default=lr)
+                t.add_argument(flag, type=f.type, default=getattr(defaults, f.name), help=FIELD_HELP[f.name],
+                               choices=FIELD_CHOICES.get(f.name))
+        t.add_argument("--lr", type=float, default=lr, help="AdamW's learning rate")
 
-    e = sub.add_parser("export", help="a diffusers-format model folder from a checkpoint")
+    e = sub.add_parser("export", help="a diffusers-format model folder from a checkpoint", formatter_class=HelpFormatter)
     e.add_argument("--run", help="a training --out folder (its newest checkpoint)")
     e.add_argument("--checkpoint", help="or one checkpoint file")
     e.add_argument("--init", required=True, help="the model folder the run started from (VAE, text encoder, tokenizer)")
-    e.add_argument("--out", required=True)
-    e.add_argument("--weights", choices=("ema", "model"), default="ema")
-    e.add_argument("--dtype", choices=DTYPES, default="fp32")
+    e.add_argument("--out", required=True, help="the model folder to write (sd.generate --model reads it)")
+    e.add_argument("--weights", choices=("ema", "model"), default="ema", help="the EMA weights or the last step's")
+    e.add_argument("--dtype", choices=DTYPES, default="fp32", help="dtype of the written UNet")
     e.set_defaults(fn=cmd_export)
     return ap
 
@@ -156,8 +190,7 @@ def main(argv=None):
         a.fn(a)
     except (CheckpointError, SafetensorsError, TokenizerError, PipelineError, triplets.TripletError, ValueError,
             FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(fail(err))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sd.edits.deltas import merge_delta
-from sd.checkpoints.loaders import CheckpointError, load_unet, load_vae
+from sd.checkpoints.loaders import CheckpointError, load_text_encoder, load_unet, load_vae
 from sd.sampling.pipeline import load_pipeline
 from tests.conftest import ROOT
 from tests.test_sd_models import UNET3_CFG, randomize
@@ -17,9 +17,14 @@ from tests.test_sd_models import UNET3_CFG, randomize
 diffusers = pytest.importorskip("diffusers")
 
 
-def _variant(root, out, unet_seed=None, vae_seed=None, unet_cfg=None):
-    """A copy of the tiny model folder with its UNet (and VAE) replaced by other random weights."""
+def _variant(root, out, unet_seed=None, vae_seed=None, unet_cfg=None, text_seed=None):
+    """A copy of the tiny model folder with its UNet (and VAE, text encoder) replaced by other random weights."""
     shutil.copytree(root, out)
+    if text_seed is not None:
+        import transformers
+        text = transformers.CLIPTextModel.from_pretrained(root / "text_encoder")
+        shutil.rmtree(out / "text_encoder")
+        randomize(text, text_seed).save_pretrained(out / "text_encoder")
     if unet_seed is not None:
         unet = diffusers.UNet2DConditionModel.from_pretrained(root / "unet") if unet_cfg is None else \
             diffusers.UNet2DConditionModel(**unet_cfg)
@@ -34,11 +39,11 @@ def _variant(root, out, unet_seed=None, vae_seed=None, unet_cfg=None):
 @pytest.fixture(scope="module")
 def folders(model, tmp_path_factory):
     root, tmp = model[0], tmp_path_factory.mktemp("deltas")
-    return (root, _variant(root, tmp / "base", unet_seed=11), _variant(root, tmp / "ft", unet_seed=12, vae_seed=13))
+    return (root, _variant(root, tmp / "base", unet_seed=11), _variant(root, tmp / "ft", unet_seed=12, vae_seed=13, text_seed=14))
 
 
 @pytest.mark.parametrize("alpha,dtype", [(1.0, torch.float32), (0.5, torch.float32), (0.7, torch.bfloat16)])
-def test_merge_equals_the_formula_and_takes_the_finetunes_vae(folders, alpha, dtype):
+def test_merge_equals_the_formula_and_takes_the_finetunes_vae_and_text_encoder(folders, alpha, dtype):
     root, base, ft = folders
     pipe = load_pipeline(root, dtype=dtype)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
@@ -49,6 +54,9 @@ def test_merge_equals_the_formula_and_takes_the_finetunes_vae(folders, alpha, dt
         assert torch.equal(w, expected), k
     ft_vae = load_vae(ft, dtype=dtype).state_dict()
     assert all(torch.equal(v, ft_vae[k]) for k, v in pipe.vae.state_dict().items())
+    ft_text, root_text = load_text_encoder(ft, dtype=dtype).state_dict(), load_text_encoder(root, dtype=dtype).state_dict()
+    assert not all(torch.equal(v, root_text[k]) for k, v in ft_text.items())     # the fixture's differ
+    assert all(torch.equal(v, ft_text[k]) for k, v in pipe.text_encoder.state_dict().items())
 
 
 def test_a_delta_that_does_not_fit_changes_nothing(folders, tmp_path):

@@ -128,3 +128,16 @@ def test_the_checks_see_a_broken_link_anchor_path_and_module(tmp_path):
     assert missing_reference("sd.models.unet.UNet", tmp_path) is None
     assert missing_reference("sd/unet.py", tmp_path) == "sd/unet.py: no such path"
     assert missing_reference("sd.models.unet.Encoder", tmp_path) == "sd.models.unet.Encoder: sd.models.unet has no Encoder"
+
+
+def test_committed_notebook_outputs_are_readable():
+    """No progress-bar redraws (run tutorials/clean_outputs.py after executing), no tqdm IProgress warning,
+    no path of the machine that ran them."""
+    bad = []
+    for nb in NOTEBOOKS:
+        for cell in json.loads(nb.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                text = "".join(out.get("text", []))
+                if "\r" in text or "TqdmWarning" in text or re.search(r"/(root|work|home)/", text):
+                    bad.append(f"{nb.name}: {text.strip()[:80]!r}")
+    assert bad == []

@@ -58,7 +58,7 @@ def peft_file(model, path, seed, old=None):
     cfg = dict(r=4, lora_alpha=4, init_lora_weights=False) if old else \
         dict(r=4, lora_alpha=8, alpha_pattern={"conv1": 2}, init_lora_weights=False)
     unet.add_adapter(LoraConfig(**cfg, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1"]))
-    text.add_adapter(LoraConfig(**cfg, target_modules=["q_proj", "v_proj", "out_proj", "fc1"]))
+    text.add_adapter(LoraConfig(**cfg, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]))
     u, t = get_peft_model_state_dict(unet), get_peft_model_state_dict(text)
     if old:
         def rename(sd, inner):
@@ -176,6 +176,22 @@ def _bad_files(pipe, tmp, files):
     write("unpaired.safetensors", {k: v for k, v in good.items() if k != some_up},
           [some, "pair", "missing"])
     write("loha.safetensors", {"lora_unet_conv_in.hada_w1_a": torch.zeros(2, 2)}, ["hada_w1_a", "LoHa"])
+    write("lokr.safetensors", {"lora_unet_conv_in.lokr_w1": torch.zeros(2, 2)}, ["lokr_w1", "LoKr"])
+    write("tucker.safetensors", {**good, some.replace(".lora_down.", ".lora_mid."): torch.zeros(4, 4, 3, 3)},
+          ["lora_mid", "Tucker"])
+    write("dora.safetensors", {**good, some.replace(".lora_down.weight", ".dora_scale"): torch.zeros(1, 32)},
+          ["dora_scale", "DoRA"])
+    write("dora_peft.safetensors", {"unet.conv_in.lora_A.weight": torch.zeros(4, 4, 3, 3),
+                                    "unet.conv_in.lora_B.weight": torch.zeros(32, 4, 1, 1),
+                                    "unet.conv_in.lora_magnitude_vector": torch.zeros(32)}, ["lora_magnitude_vector", "DoRA"])
+    write("bias.safetensors", {"unet.conv_in.lora_A.weight": torch.zeros(4, 4, 3, 3),
+                               "unet.conv_in.lora_B.weight": torch.zeros(32, 4, 1, 1),
+                               "unet.conv_in.lora_B.bias": torch.zeros(32)}, ["lora_B.bias", "biases"])
+    for flag, name in (("use_dora", "DoRA"), ("use_rslora", "rsLoRA")):
+        meta = {"lora_adapter_metadata": json.dumps({"unet.lora_alpha": 8, f"unet.{flag}": True})}
+        save_file({"unet.conv_in.lora_A.weight": torch.zeros(4, 4, 3, 3),
+                   "unet.conv_in.lora_B.weight": torch.zeros(32, 4, 1, 1)}, tmp / f"{flag}.safetensors", metadata=meta)
+        cases.append((tmp / f"{flag}.safetensors", [f"uses {name}", "not supported"]))
     write("notlora.safetensors", dict(pipe.unet.state_dict()), ["not a LoRA file"])
     (tmp / "broken.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")
     cases.append((tmp / "broken.safetensors", ["not a readable LoRA file"]))
@@ -195,6 +211,22 @@ def test_bad_files_give_their_error_and_change_nothing(model, files, tmp_path):
         assert len(pipe.loras) == 1
     with pytest.raises(LoraError, match="scale must be a number"):
         pipe.load_lora(files["kohya"], "1")
+
+
+def test_a_bin_file_and_the_lora_te1_prefix_read_as_kohya_files(model, files, tmp_path):
+    """The README's promises: .bin LoRAs are read (through torch.load(weights_only=True)) and SDXL-style
+    lora_te1_ names the (first) text encoder; both give the weights the .safetensors kohya file gives."""
+    from sd.checkpoints.safetensors_io import load_file
+    tensors = load_file(files["kohya"])
+    assert any(k.startswith("lora_te_") for k in tensors)
+    torch.save({k: v.clone() for k, v in tensors.items()}, tmp_path / "kohya.bin")
+    save_file({k.replace("lora_te_", "lora_te1_", 1): v for k, v in tensors.items()}, tmp_path / "te1.safetensors")
+    ref = load_pipeline(model[0]).load_lora(files["kohya"], 0.7)
+    for f in (tmp_path / "kohya.bin", tmp_path / "te1.safetensors"):
+        pipe = load_pipeline(model[0]).load_lora(f, 0.7)
+        for c in ("unet", "text_encoder"):
+            theirs = getattr(ref, c).state_dict()
+            assert all(torch.equal(v, theirs[k]) for k, v in getattr(pipe, c).state_dict().items()), (f.name, c)
 
 
 def test_split_scale():

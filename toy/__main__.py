@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rectflow.checks import HelpFormatter, writable
+
 from .datasets import DATASETS
 from .compare import CompareConfig, run_compare
 from .compare import __doc__ as compare_doc
 from .experiment import Config, run
-from .plots import plot_inversion, plot_samples, plot_straightness, plot_trajectories, plot_w2_vs_steps
+from .plots import FAST_NOTE, plot_inversion, plot_samples, plot_straightness, plot_trajectories, plot_w2_vs_steps
 
 
 def positive_int(text):
@@ -34,32 +36,58 @@ def positive_int(text):
     return val
 
 
-def parse_args(argv=None, compare=False):
+def build_parser(compare=False):
     prog = "python -m toy compare" if compare else "python -m toy"
     doc = compare_doc if compare else __doc__
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="paper", choices=list(DATASETS),
-                   help="source/target pair (default: the paper's 3-Gaussian tutorial pair)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="source/target pair (paper: the paper's 3-Gaussian tutorial pair)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the initial weights and the training")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--iters", type=positive_int, help="training iterations of each flow")
-    p.add_argument("--distill-iters", type=positive_int, help="training iterations of the student")
+    p.add_argument("--iters", type=positive_int, help="training iterations of each flow (default 3000; 150 with --fast)")
+    p.add_argument("--distill-iters", type=positive_int,
+                   help="training iterations of the student (default 3000; 150 with --fast)")
     if compare:
         p.add_argument("--ot-block", type=positive_int, default=256,
-                       help="rows per exact assignment of the minibatch-OT coupling (default 256)")
+                       help="rows per exact assignment of the minibatch-OT coupling")
     else:
-        p.add_argument("--reflows", type=positive_int, default=1, help="1: 2-RF (default), 2: 3-RF, ...")
-    p.add_argument("--fast", action="store_true", help="a smoke run of seconds (nothing converges)")
-    p.add_argument("--out", type=Path, default=Path("runs/toy-compare" if compare else "runs/toy"))
+        p.add_argument("--reflows", type=positive_int, default=1, help="1: 2-RF, 2: 3-RF, ...")
+    p.add_argument("--fast", action="store_true", help="a smoke run of seconds (nothing converges; its numbers mean "
+                   "nothing), written to its own folder")
+    full = "runs/toy-compare" if compare else "runs/toy"
+    p.add_argument("--out", type=Path, help=f"output folder (default: {full}, or {full}-fast with --fast)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p
+
+
+def parse_args(argv=None, compare=False):
+    p = build_parser(compare)
     args = p.parse_args(argv)
+    full = "runs/toy-compare" if compare else "runs/toy"
     try:
         dev = torch.device(args.device)
     except RuntimeError as e:
         p.error(f"--device {args.device!r}: {e}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device!r}: CUDA is not available on this machine")
+    args.out = args.out or Path(full + "-fast" if args.fast else full)
+    try:
+        writable(args.out, "--out", folder=True)
+        check_not_full(args.out / ("compare.json" if compare else "metrics.json"), args.fast)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     return args
+
+
+def check_not_full(record, fast):
+    """A fast run never overwrites a full run's results."""
+    if not fast or not record.exists():
+        return
+    m = json.loads(record.read_text())
+    if not m.get("fast", m.get("config", {}).get("n_eval") == 256):          # older records: the fast n_eval
+        raise ValueError(f"--out {record.parent} holds a full run ({record.name}); a fast run would overwrite it: "
+                         f"give another --out (the default for --fast is its own folder)")
 
 
 def config_of(args, cls, **extra):
@@ -123,16 +151,22 @@ def format_compare_table(metrics):
 def main_compare(argv):
     args = parse_args(argv, compare=True)
     res = timed_run(run_compare, config_of(args, CompareConfig, ot_block=args.ot_block))
+    res.metrics["fast"] = args.fast
+    note = FAST_NOTE if args.fast else None
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(json.dumps(res.metrics, indent=2))
     np.savez(args.out / "samples.npz", **res.samples)
-    plot_w2_vs_steps(res, args.out / "w2_vs_steps.png")
-    plot_straightness(res, args.out / "straightness.png", title="straightness of each flow")
-    plot_trajectories(res, args.out / "trajectories.png")
-    print(format_compare_table(res.metrics))
+    plot_w2_vs_steps(res, args.out / "w2_vs_steps.png", note=note)
+    plot_straightness(res, args.out / "straightness.png", title="straightness of each flow", note=note)
+    plot_trajectories(res, args.out / "trajectories.png", note=note)
+    print(fast_banner(args.fast) + format_compare_table(res.metrics))
     print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {peak_rss_gb():.2f} GB; wrote compare.json, "
           f"samples.npz, w2_vs_steps.png, straightness.png, trajectories.png to {args.out}")
     return 0
+
+
+def fast_banner(fast):
+    return "FAST MODE (a smoke run): these numbers mean nothing\n" if fast else ""
 
 
 def main(argv=None):
@@ -141,14 +175,16 @@ def main(argv=None):
         return main_compare(argv[1:])
     args = parse_args(argv)
     res = timed_run(run, config_of(args, Config, reflows=args.reflows))
+    res.metrics["fast"] = args.fast
+    note = FAST_NOTE if args.fast else None
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
     np.savez(args.out / "samples.npz", **res.samples)
-    plot_samples(res, args.out / "samples.png")
-    plot_trajectories(res, args.out / "trajectories.png")
-    plot_straightness(res, args.out / "straightness.png")
-    plot_inversion(res, args.out / "inversion.png")
-    print(format_table(res.metrics))
+    plot_samples(res, args.out / "samples.png", note=note)
+    plot_trajectories(res, args.out / "trajectories.png", note=note)
+    plot_straightness(res, args.out / "straightness.png", note=note)
+    plot_inversion(res, args.out / "inversion.png", note=note)
+    print(fast_banner(args.fast) + format_table(res.metrics))
     print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {peak_rss_gb():.2f} GB; wrote metrics.json, samples.npz, "
           f"samples.png, trajectories.png, straightness.png, inversion.png to {args.out}")
     return 0

@@ -1,4 +1,5 @@
-"""Figures of a toy run: samples per stage and step count, trajectories, straightness."""
+"""Figures of a toy run: samples per stage and step count, trajectories, straightness. Each takes
+`note`, a line shown above the figure (a fast run says that its figures mean nothing)."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -15,11 +16,14 @@ def _limits(ax, target):
     ax.set_yticks([])
 
 
-def plot_samples(res, path=None):
+FAST_NOTE = "FAST MODE (a smoke run): these figures mean nothing"
+
+
+def plot_samples(res, path=None, note=None):
     """Rows: stages; columns: Euler steps. Grey: target samples; colour: the model's samples."""
     stages, steps = list(res.metrics["stages"]), list(res.config.steps)
     target = res.samples["target"]
-    fig, axes = plt.subplots(len(stages), len(steps), figsize=(2.6 * len(steps), 2.6 * len(stages)),
+    fig, axes = plt.subplots(len(stages), len(steps), figsize=(2.6 * len(steps), 2.6 * len(stages) + 0.5),
                              squeeze=False)
     for r, stage in enumerate(stages):
         for c, n in enumerate(steps):
@@ -34,44 +38,43 @@ def plot_samples(res, path=None):
             ax.set_title(f"{stage}, {n} step{'s' * (n > 1)}\nW2 = {res.metrics['stages'][stage]['w2'][str(n)]:.2f}",
                          fontsize=9)
             _limits(ax, target)
-    fig.tight_layout()
-    return _save(fig, path)
+    fig.suptitle("samples of each model after N Euler steps (colour) over samples of the target (grey)", fontsize=10)
+    return _save(fig, path, note)
 
 
-def plot_trajectories(res, path=None, cols=4):
+def plot_trajectories(res, path=None, cols=4, note=None):
     """The Euler paths of 300 points for each flow: 1-RF bends them, reflow straightens them."""
     stages = list(res.trajectories)
     rows = -(-len(stages) // cols)
     ncol = min(cols, len(stages))
-    fig, axes = plt.subplots(rows, ncol, figsize=(3.6 * ncol, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, ncol, figsize=(3.6 * ncol, 3.6 * rows + 0.5), squeeze=False)
     for ax in axes.flat[len(stages):]:
         ax.axis("off")
     for ax, stage in zip(axes.flat, stages):
         traj = res.trajectories[stage]                        # [steps + 1, m, 2]
         ax.plot(traj[:, :, 0], traj[:, :, 1], c="C7", lw=0.4, alpha=0.5)
-        ax.scatter(traj[0, :, 0], traj[0, :, 1], s=3, c="C0", label="Z_0 ~ pi_0", zorder=3)
-        ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=3, c="C3", label="Z_1", zorder=3)
+        ax.scatter(traj[0, :, 0], traj[0, :, 1], s=3, c="C0", label="start: noise $Z_0 \\sim \\pi_0$", zorder=3)
+        ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=3, c="C3", label="end: sample $Z_1$", zorder=3)
         ax.set_title(f"{stage}: S = {res.metrics['stages'][stage]['straightness']:.3g}", fontsize=10)
         _limits(ax, traj.reshape(-1, 2))
     axes[0, 0].legend(loc="lower left", fontsize=7, markerscale=3)
-    fig.tight_layout()
-    return _save(fig, path)
+    fig.suptitle("Euler paths of 300 points (grey), S = straightness (lower is straighter)", fontsize=10)
+    return _save(fig, path, note)
 
 
-def plot_straightness(res, path=None, title="reflow straightens the flow"):
+def plot_straightness(res, path=None, title="reflow straightens the flow", note=None):
     stages = list(res.trajectories)
     vals = [res.metrics["stages"][s]["straightness"] for s in stages]
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(stages), 3))
     ax.bar(stages, vals, color=[f"C{i}" for i in range(len(stages))])
     ax.set_yscale("log")
-    ax.set_ylabel("straightness S(Z) (log)")
+    ax.set_ylabel("straightness S(Z), log scale\n(lower is straighter; 0: straight)", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, note)
 
 
-def plot_w2_vs_steps(res, path=None):
+def plot_w2_vs_steps(res, path=None, note=None):
     """W2 against the number of Euler steps, one curve per flow, one marker per one-step student."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     floor = res.metrics["w2_floor"]
@@ -86,12 +89,12 @@ def plot_w2_vs_steps(res, path=None):
     ax.set_xlabel("Euler steps N")
     ax.set_ylabel("W2 to the target (log)")
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"{res.metrics['dataset']}: W2 of N-step samples", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    ax.set_title(f"W2 from N-step samples to the target (dataset {res.metrics['dataset']!r}; lower is better)",
+                 fontsize=10)
+    return _save(fig, path, note)
 
 
-def plot_inversion(res, path=None):
+def plot_inversion(res, path=None, note=None):
     """Invert-then-generate error against the number of Euler steps each way, one curve per model."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for i, (name, errs) in enumerate(res.metrics["inversion"].items()):
@@ -103,11 +106,17 @@ def plot_inversion(res, path=None):
     ax.set_ylabel("E||x_1' - x_1||^2 (log)")
     ax.set_title("inversion: the straighter the flow, the fewer steps", fontsize=10)
     ax.legend(fontsize=8)
+    return _save(fig, path, note)
+
+
+def _save(fig, path, note=None):
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path):
+    if note:                                  # in the bottom margin, after the layout: nothing moves
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w, h + 0.3)
+        fig.subplots_adjust(bottom=(fig.subplotpars.bottom * h + 0.3) / (h + 0.3),
+                            top=fig.subplotpars.top * h / (h + 0.3))
+        fig.text(0.01, 0.01, note, color="red", fontsize=9, va="bottom")
     if path is not None:
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -40,8 +40,8 @@ def fit(image, height=None, width=None, multiple=8):
     """The size an init image is used at: (height, width) if given, else its own size rounded down to
     a multiple of `multiple` (the VAE's factor). Returns (image resized, note or None)."""
     h, w = image.shape[:2]
-    th = height or h // multiple * multiple
-    tw = width or w // multiple * multiple
+    th = h // multiple * multiple if height is None else height
+    tw = w // multiple * multiple if width is None else width
     if th < multiple or tw < multiple:
         raise ImageError(f"image of {h}x{w} pixels is smaller than {multiple}x{multiple}")
     note = None if (th, tw) == (h, w) else f"image resized from {h}x{w} to {th}x{tw} (height x width)"

@@ -31,6 +31,19 @@ WEIGHT_NAMES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_mod
                 "controlnet": "diffusion_pytorch_model"}
 
 
+def holds(keys):
+    """What a file holds, for an error about the wrong kind of file: "126 tensors such as 'lora_unet_...'
+    (a LoRA file?)", short whatever the file."""
+    keys = list(keys)
+    first = keys[0] if keys else ""
+    first = first if len(first) <= 48 else first[:45] + "..."
+    guess = next((kind for kind, marks in (("a LoRA file", ("lora",)), ("a noise file", ("noise",)),
+                                           ("a ControlNet", ("controlnet_", "control_model.")),
+                                           ("an SD single-file checkpoint", ("model.diffusion_model.",)))
+                  if any(m in k for k in keys[:50] for m in marks)), None)
+    return f"{len(keys)} tensor(s) such as {first!r}" + (f" ({guess}?)" if guess else "")
+
+
 def read_weights(path):
     """A state dict from one file: safetensors (our reader), or a pickle through weights_only=True."""
     path = Path(path)
@@ -203,7 +216,7 @@ def _single_file(path, prefix):
     part = {k: v for k, v in sd.items() if k.startswith(prefix)}
     if not part:
         raise CheckpointError(f"{path}: no keys under {prefix!r}: not an SD 1.x single-file checkpoint "
-                              f"(first keys: {', '.join(list(sd)[:3])})")
+                              f"(it holds {holds(sd)})")
     return part
 
 
@@ -297,12 +310,25 @@ def load_text_encoder(path, dtype=None, device="cpu", variant=None, config=None)
     return _load(path, "text_encoder", TextEncoder, dtype, device, variant, config, single)
 
 
+CLASS_NAMES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",
+               "controlnet": "ControlNetModel"}
+
+
+def save_component(module, folder, component, dtype=None):
+    """Write `folder`/{config.json, weights} in the layout diffusers (UNet, VAE, ControlNet) and
+    transformers (text encoder: "text_model." names, model.safetensors) read; returns the folder."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {"_class_name": CLASS_NAMES[component], **module.config}
+    if component == "text_encoder":
+        cfg = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **module.config}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    prefix = "text_model." if component == "text_encoder" else ""
+    sd = {prefix + k: (v.to(dtype) if dtype else v).contiguous() for k, v in module.state_dict().items()}
+    save_file(sd, out / f"{WEIGHT_NAMES[component]}.safetensors", metadata={"format": "pt"})
+    return out
+
+
 def save_unet(unet, folder, dtype=None):
     """Write `folder`/unet/{config.json, diffusion_pytorch_model.safetensors} for diffusers."""
-    out = Path(folder) / "unet"
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = {"_class_name": "UNet2DConditionModel", **unet.config}
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    sd = {k: (v.to(dtype) if dtype else v) for k, v in unet.state_dict().items()}
-    save_file(sd, out / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
-    return out
+    return save_component(unet, Path(folder) / "unet", "unet", dtype)

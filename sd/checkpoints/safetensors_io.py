@@ -113,11 +113,12 @@ class SafeOpen:
         with open(self.path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise SafetensorsError(f"{self.path}: file of {size} bytes is too short for a header length")
+                raise SafetensorsError(f"{self.path}: not a safetensors file (file of {size} bytes is too short "
+                                       f"for a header length)")
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER or n > size - 8:
-                raise SafetensorsError(f"{self.path}: header length {n} exceeds "
-                                       f"{'the file' if n > size - 8 else 'the limit of %d bytes' % MAX_HEADER}")
+                raise SafetensorsError(f"{self.path}: not a safetensors file (header length {n} exceeds "
+                                       f"{'the file' if n > size - 8 else 'the limit of %d bytes' % MAX_HEADER})")
             raw = fh.read(n)
         self.entries, self._metadata, self._data_start = parse_header(raw, size, self.path)
         self._storage = (torch.UntypedStorage.from_file(self.path, shared=False, nbytes=size)

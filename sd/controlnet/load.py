@@ -8,7 +8,7 @@ control_*.pth / .safetensors: `control_model.` + the UNet encoder's LDM names, `
 import json
 import re
 
-from ..checkpoints.loaders import (CheckpointError, _load, _resolve, _single_file, _unet_config_from_ldm, ldm_unet_to_diffusers,
+from ..checkpoints.loaders import (CheckpointError, holds, _load, _resolve, _single_file, _unet_config_from_ldm, ldm_unet_to_diffusers,
                        read_weights)
 from .model import SD15_CONTROLNET, ControlNet
 
@@ -43,7 +43,7 @@ def _controlnet_single(path):
         sd = {k[len("control_model."):]: v for k, v in _single_file(path, "control_model.").items()}
     if "input_hint_block.0.weight" not in sd or "time_embed.0.weight" not in sd:
         raise CheckpointError(f"{path}: not a ControlNet: no input_hint_block.0 / time_embed.0 weights, with or "
-                              f"without the control_model. prefix (first keys: {', '.join(list(sd)[:3])})")
+                              f"without the control_model. prefix (it holds {holds(sd)})")
     cfg = _unet_config_from_ldm(sd, SD15_CONTROLNET, pre="")
     hint = sorted({int(m[1]) for k in sd if (m := re.match(r"input_hint_block\.(\d+)\.weight", k))})
     widths = [sd["input_hint_block.0.weight"].shape[0]] + [sd[f"input_hint_block.{i}.weight"].shape[0]

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints.loaders import CheckpointError, read_weights
+from ..checkpoints.loaders import CheckpointError, holds, read_weights
 from ..checkpoints.safetensors_io import SafeOpen, SafetensorsError
 
 
@@ -36,7 +36,6 @@ class LoraError(ValueError):
 
 
 COMPONENTS = ("unet", "text_encoder")
-KOHYA_PREFIX = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder"}
 # kohya / peft / old diffusers spellings of (down, up)
 PAIRS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"),
          (".lora.down.weight", ".lora.up.weight"))
@@ -109,7 +108,10 @@ def _normalize(key):
 
 
 def _module_of(stem, kohya, table):
-    """(component, module name) that a key's stem names, or None."""
+    """(component, module name) that a key's stem names, or None. kohya's lora_te1_ (SDXL's first text
+    encoder, CLIP ViT-L as SD 1.x's) names what lora_te_ names."""
+    if stem.startswith("lora_te1_"):
+        stem = "lora_te_" + stem[len("lora_te1_"):]
     if stem in kohya:
         return kohya[stem]
     comp, _, name = stem.partition(".")
@@ -165,7 +167,7 @@ def read_lora(path, pipe):
         found.append((target, w, up.reshape(up.shape[0], r), down.reshape(r, -1), alpha / r))
     if not used:
         raise LoraError(f"{path}: not a LoRA file (no lora_down/lora_up, lora_A/lora_B or lora.down/lora.up keys; "
-                        f"first keys: {', '.join(list(raw)[:3])})")
+                        f"it holds {holds(raw)})")
     problems += [f"{original[k]}: not part of a LoRA pair" for k in sorted(set(tensors) - used)]
     if problems:
         raise LoraError(f"{path}: does not fit this model, nothing was changed ({len(problems)} problem(s)):\n  "

@@ -1,18 +1,42 @@
-"""python -m sd.mini [--fast] [--out runs/mini]: the whole mini InstaFlow, then metrics.json and grid.png."""
+"""python -m sd.mini [--fast] [--out DIR]: the whole mini InstaFlow (teacher, triplets, 2-RF, one-step student,
+inversion and edits, a ControlNet), then metrics.json, grid.png, edit.png and control.png in DIR.
+
+The default run takes about half an hour on 2 CPU cores (docs/training.md gives each stage's time);
+--fast is a smoke run of every stage whose numbers mean nothing, written to its own folder
+(runs/mini-fast), so it never touches a full run's. A folder resumes only with the configuration it
+was started with."""
 import argparse
 import json
+import sys
 
-from .run import MiniConfig, run
+from rectflow.checks import HelpFormatter, writable
+
+from .run import MiniConfig, MiniRunError, check_run, run
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="python -m sd.mini", description=__doc__, formatter_class=HelpFormatter)
+    ap.add_argument("--fast", action="store_true", help="a smoke run of every stage (its numbers mean nothing)")
+    ap.add_argument("--out", help="output folder; a finished stage there is reused (default: runs/mini, "
+                                  "or runs/mini-fast with --fast)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the data, the training and the evaluation")
+    return ap
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m sd.mini", description=__doc__)
-    ap.add_argument("--fast", action="store_true", help="a smoke run of every stage (about a minute)")
-    ap.add_argument("--out", default="runs/mini", help="output folder (a finished stage there is reused)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     cfg = MiniConfig(seed=args.seed)
-    m = run(cfg.fast() if args.fast else cfg, args.out)
+    cfg = cfg.fast() if args.fast else cfg
+    out = args.out or ("runs/mini-fast" if args.fast else "runs/mini")
+    try:
+        writable(out, "--out", folder=True)
+        check_run(out, cfg)
+        m = run(cfg, out)
+    except (MiniRunError, ValueError) as e:            # ValueError: the trainer refusing to resume another run
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.mode == "fast":
+        print("FAST MODE (a smoke run): these numbers mean nothing")
     print(f"{'model':28s} {'steps':>5s} {'fidelity':>9s} {'colour':>7s} {'position':>9s} {'MSE to teacher':>15s}")
     for name, r in m.items():
         if isinstance(r, dict) and "fidelity" in r:
@@ -21,8 +45,9 @@ def main(argv=None):
     print("straightness:", json.dumps({k: round(v, 3) for k, v in m["straightness"].items()}))
     for name, r in m["controlnet"].items():
         print(f"{name:45s} IoU with the control mask {r['iou']:.3f}, colour {r['colour']:.3f}")
-    print(f"wrote {args.out}/metrics.json and {args.out}/grid.png in {m['seconds']['total']:.0f} s")
+    print(f"wrote metrics.json, grid.png, edit.png and control.png to {out} in {m['seconds']['total']:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -32,7 +32,7 @@ from ..sampling.loop import cfg_context, guided_model, rf_timestep, sample
 from ..sampling.pipeline import noise
 from ..sampling.samplers import eps_velocity
 from ..training import triplets
-from ..training.trainer import TrainConfig, latest_checkpoint, train, weights
+from ..training.trainer import TrainConfig, latest_checkpoint, read_checkpoint, train, weights
 from . import control, edit, models, shapes
 
 
@@ -59,10 +59,42 @@ class MiniConfig:
     seed: int = 0
 
     def fast(self):
-        """A smoke run (about a minute): every stage, tiny numbers; the results mean nothing."""
+        """A smoke run of every stage with tiny numbers: the results mean nothing."""
         return replace(self, train_images=256, teacher_iters=12, pairs=32, teacher_steps=4, reflow_iters=6,
                        rf_steps=2, distill_iters=6, batch_size=16, eval_samples=16, straightness_steps=4,
                        inversion_samples=16, inversion_steps=(1, 4), controlnet_iters=4)
+
+    @property
+    def mode(self):
+        """"fast" (the smoke run), "full" (the default run) or "custom", for messages, tables and figures."""
+        base = replace(MiniConfig(), seed=self.seed)
+        return "fast" if self == base.fast() else "full" if self == base else "custom"
+
+
+class MiniRunError(ValueError):
+    """A run folder made with another configuration (a fast run where a full one is asked for, ...)."""
+
+
+def check_run(out, cfg):
+    """A run folder records its configuration (config.json) when a run starts in it; resuming it, or
+    reading its models, with another configuration is refused before anything is trained or loaded.
+    A folder from before config.json existed is judged by its teacher checkpoint's batch size and steps."""
+    out, want = Path(out), json.loads(json.dumps(asdict(cfg)))
+    record, teacher = out / "config.json", latest_checkpoint(out / "teacher")
+    if record.exists():
+        have = json.loads(record.read_text())
+        kind = MiniConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in have.items()}).mode
+    elif teacher is not None:
+        t = read_checkpoint(teacher)[1]["config"]
+        have = {"batch_size": t["batch_size"], "teacher_iters": t["iters"]}
+        kind = "fast" if t["batch_size"] == MiniConfig().fast().batch_size else "another"
+    else:
+        return
+    differ = [f"{k}={have[k]}, not {want[k]}" for k in want if k in have and have[k] != want[k]]
+    if differ:
+        raise MiniRunError(f"{out} holds a {kind} run, not this {cfg.mode} one ({'; '.join(differ[:2])}"
+                           f"{'; ...' if len(differ) > 2 else ''}): use another --out (--fast: runs/mini-fast) "
+                           f"or delete it")
 
 
 def context_fn(text_encoder, tok, guidance):
@@ -99,9 +131,12 @@ def field_fn(tok, text_encoder, nets):
     return field
 
 
-def grid(rows, captions, path):
-    """A figure: one row per model (name -> images [n, 3, S, S]), one column per caption. (matplotlib's
-    Figure directly, not pyplot: a notebook's backend stays as it is.)"""
+FAST_NOTE = "FAST MODE (a smoke run): these images and numbers mean nothing"
+
+
+def grid(rows, captions, path, note=None):
+    """A figure: one row per model (name -> images [n, 3, S, S]), one column per caption, `note` above
+    (fast runs say so). (matplotlib's Figure directly, not pyplot: a notebook's backend stays as it is.)"""
     n = len(captions)
     fig = Figure(figsize=(1.1 * n, 1.25 * len(rows)))
     axes = fig.subplots(len(rows), n, squeeze=False)
@@ -114,6 +149,8 @@ def grid(rows, captions, path):
                 ax.set_ylabel(name, fontsize=7)
             if r == 0:
                 ax.set_title(captions[c][2:].replace(" at the ", "\n"), fontsize=6)
+    if note:
+        fig.suptitle(note, fontsize=8, color="red")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -121,7 +158,9 @@ def grid(rows, captions, path):
 def run(cfg=MiniConfig(), out="runs/mini", progress=True):
     """All stages; returns the metrics dict (also written to out/metrics.json)."""
     out, t_start = Path(out), time.time()
+    check_run(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
     tok = models.tokenizer()
     text_encoder, unet = models.text_encoder(tok), models.unet()
@@ -183,7 +222,8 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
             "2-RF, 1 step": (rf2, 1, 1.0, "euler"),
             "2-RF, 4 steps": (rf2, 4, 1.0, "euler"),
             "distilled 2-RF, 1 step": (student, 1, 1.0, "euler")}
-    metrics, shown, reference = {"config": asdict(cfg)}, {}, None
+    metrics, shown, reference = {"mode": cfg.mode, "config": asdict(cfg)}, {}, None
+    note = FAST_NOTE if cfg.mode == "fast" else None
     with torch.no_grad():
         for name, (net, steps, g, solver) in runs.items():
             imgs = sample(net, context_fn(text_encoder, tok, g)(ids), x0.clone(), steps, g, solver)
@@ -201,7 +241,7 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
             v = velocity(net, ids, text_encoder, tok, g, kind)
             metrics.setdefault("straightness", {})[name] = straightness(v, x0, cfg.straightness_steps)
     grid({"data": shapes.render(eval_caps[:8], cfg.size, torch.Generator().manual_seed(5)), **shown},
-         eval_caps[:8], out / "grid.png")
+         eval_caps[:8], out / "grid.png", note)
 
     # 5. inversion and editing with the straight flows (sd/mini/edit.py)
     field = field_fn(tok, text_encoder, {"teacher": (unet, "eps"), "2-RF": (rf2, "flow"), "student": (student, "flow")})
@@ -225,7 +265,7 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
                                                              **edit.edit_scores(x1, fresh, inv_caps)}
     edits["control: fresh noise"] = fresh[show]
     titles = [f"a {c.split()[1]}>{edit.recolour(c).split()[1]} {c.split(maxsplit=2)[2]}" for c in (inv_caps[i] for i in show)]
-    grid(edits, titles, out / "edit.png")
+    grid(edits, titles, out / "edit.png", note)
     seconds["evaluate"] = time.time() - t0
 
     # 6. a ControlNet on the teacher, used on every model (sd/mini/control.py)
@@ -239,7 +279,7 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
                                                                         cfg.eval_samples, cfg.size, cfg.seed + 9)
     rows = {"control mask": masks[:8] * 2 - 1, "student, no ControlNet": shown["distilled 2-RF, 1 step, without"][:8],
             **{k.replace("distilled 2-RF", "student"): v[:8] for k, v in shown.items() if k.endswith(", with")}}
-    grid(rows, prompts[:8], out / "control.png")
+    grid(rows, prompts[:8], out / "control.png", note)
     seconds["controlnet"] = time.time() - t0
     metrics["seconds"] = {**seconds, "total": time.time() - t_start}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -261,9 +301,12 @@ def stage_controlnet(unet, text_encoder, tok, out, cfg, progress):
     return net
 
 
-def load_models(out="runs/mini"):
+def load_models(out="runs/mini", cfg=None):
     """(tokenizer, text encoder, teacher UNet, 2-RF UNet, student UNet) from a finished run's checkpoints
-    (EMA weights), to look at them in a notebook."""
+    (EMA weights), to look at them in a notebook. With `cfg`, the run must have been made with it
+    (check_run: a notebook in full mode does not read a fast run's models)."""
+    if cfg is not None:
+        check_run(out, cfg)
     out, tok = Path(out), models.tokenizer()
     teacher = _JointTeacher(models.unet(), models.text_encoder(tok))
     teacher.load_state_dict(weights(latest_checkpoint(out / "teacher")))

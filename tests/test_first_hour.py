@@ -1,0 +1,234 @@
+"""A newcomer's first hour: fast runs never clobber full ones, every command checks its arguments and
+output before it loads a model, a user's error is one short line with exit code 2, every option's help
+shows its default, and `python -m sd.tiny` gives every SD command something to run on."""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+def one_line_error(r, *needles):
+    """exit 2, one line on stderr, under 300 characters, naming what it should."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith("error: ") and len(lines[0]) < 300, lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """python -m sd.tiny's folder (model, ControlNet, LoRA, images)."""
+    root = tmp_path_factory.mktemp("tiny")
+    r = run("sd.tiny", "--out", root)
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+# ---- fast never clobbers full ------------------------------------------------------------------
+
+def test_fast_runs_default_to_their_own_folders():
+    from sd.mini.__main__ import build_parser as mini_parser
+    from toy.__main__ import parse_args
+    assert parse_args(["--fast"]).out.as_posix() == "runs/toy-fast"
+    assert parse_args([]).out.as_posix() == "runs/toy"
+    assert parse_args(["--fast"], compare=True).out.as_posix() == "runs/toy-compare-fast"
+    assert "runs/mini-fast" in mini_parser().format_help()
+
+
+def test_a_fast_toy_run_refuses_a_full_runs_folder_before_training(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"fast": False}))
+    t0 = time.perf_counter()
+    r = run("toy", "--fast", "--out", tmp_path)
+    one_line_error(r, "holds a full run", "--out")
+    assert time.perf_counter() - t0 < 30 and (tmp_path / "metrics.json").read_text() == '{"fast": false}'
+    # a fast run's folder may be run again, fast (it is the same smoke run)
+    (tmp_path / "metrics.json").write_text(json.dumps({"fast": True}))
+    from toy.__main__ import check_not_full
+    check_not_full(tmp_path / "metrics.json", fast=True)
+
+
+def test_mini_folders_keep_their_configuration(tmp_path):
+    """A fast run's folder is refused by a full run (CLI: one line, exit 2, before any training), by the
+    notebooks' load_models(OUT, cfg), and so is a folder from before config.json (judged by its teacher)."""
+    from sd.mini.run import MiniConfig, MiniRunError, load_models
+    r = run("sd.mini", "--fast", "--out", tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("FAST MODE"), r.stderr[-2000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["mode"] == "fast"
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    t0 = time.perf_counter()
+    one_line_error(run("sd.mini", "--out", tmp_path), "holds a fast run, not this full one", "runs/mini-fast")
+    assert time.perf_counter() - t0 < 20 and sorted(p.name for p in tmp_path.rglob("*")) == before
+    with pytest.raises(MiniRunError, match="holds a fast run"):
+        load_models(tmp_path, MiniConfig())
+    load_models(tmp_path, MiniConfig().fast())
+    (tmp_path / "config.json").unlink()
+    one_line_error(run("sd.mini", "--out", tmp_path), "holds a fast run", "batch_size=16, not 64")
+
+
+# ---- checks before heavy work ------------------------------------------------------------------
+
+def test_every_command_checks_its_output_before_loading_anything(tmp_path, tiny):
+    """The model path does not exist: an error about --out proves the output was checked first."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    bad = blocker / "x.png"
+    cases = [
+        ("sd.generate", "--model", tmp_path / "no_model", "--prompt", "x", "--out", bad),
+        ("sd.invert", "--model", tmp_path / "no_model", "--image", tiny / "image.png", "--prompt", "x", "--out", bad),
+        ("sd.reflow", "generate", "--teacher", tmp_path / "no_model", "--prompts", tiny / "image.png", "--out", bad),
+        ("sd.reflow", "train", "--init", tmp_path / "no_model", "--data", tmp_path, "--out", bad),
+        ("sd.reflow", "export", "--run", tmp_path, "--init", tiny / "model", "--out", bad),
+        ("sd.mini", "--out", bad),
+        ("sd.tiny", "--out", bad),
+        ("toy", "--out", bad),
+        ("toy", "compare", "--out", bad),
+    ]
+    for args in cases:
+        one_line_error(run(*args), "--out", "a_file is a file, not a folder")
+
+
+def test_generate_checks_sizes_steps_and_strength_before_loading(tmp_path):
+    base = ("sd.generate", "--model", tmp_path / "no_model", "--prompt", "x")
+    one_line_error(run(*base, "--height", "0"), "--height must be a positive multiple of 8, got 0")
+    one_line_error(run(*base, "--width", "100"), "--width must be a positive multiple of 8, got 100")
+    one_line_error(run(*base, "--steps", "0"), "--steps must be at least 1")
+    one_line_error(run(*base, "--strength", "1.5"), "--strength must lie in (0, 1]")
+    one_line_error(run(*base, "--lora", tmp_path / "missing.safetensors"), "--lora", "no such file")
+
+
+def test_height_zero_is_refused_with_an_init_image_too(tiny):
+    one_line_error(run("sd.generate", "--model", tiny / "model", "--prompt", "x", "--init-image", tiny / "image.png",
+                       "--height", "0", "--out", tiny / "never.png"), "--height must be a positive multiple of 8")
+    assert not (tiny / "never.png").exists()
+
+
+def test_wrong_kinds_of_file_get_one_short_line(tmp_path, tiny):
+    text = tmp_path / "notes.txt"
+    text.write_text("these are my notes, not weights\n" * 100)
+    lora, model = tiny / "lora.safetensors", tiny / "model"
+    out = tmp_path / "o.png"
+    cases = [
+        (("sd.generate", "--model", model, "--prompt", "x", "--lora", text, "--out", out), "not a safetensors file"),
+        (("sd.generate", "--model", model, "--prompt", "x", "--noise", lora, "--out", out), "not a noise file"),
+        (("sd.generate", "--model", model, "--prompt", "x", "--noise", text, "--out", out), "not a safetensors file"),
+        (("sd.generate", "--model", text, "--prompt", "x", "--out", out), "notes.txt"),
+        (("sd.generate", "--model", model, "--prompt", "x", "--controlnet", lora, "--control-image", tiny / "control.png",
+          "--out", out), "not a ControlNet"),
+        (("sd.generate", "--model", model, "--prompt", "x", "--init-image", text, "--out", out), "cannot read the image"),
+        (("sd.reflow", "export", "--run", tmp_path, "--init", tmp_path, "--out", tmp_path / "e"), "no checkpoint"),
+    ]
+    for args, needle in cases:
+        line = one_line_error(run(*args), needle)
+        if lora in args:
+            assert "(a LoRA file?)" in line, line
+    assert not out.exists()
+
+
+def test_export_refuses_a_folder_that_is_not_a_model_before_writing(tmp_path):
+    """The mini's run folder is pixel-space (no VAE): export says so instead of writing half a model."""
+    from sd.mini import models
+    from sd.training.trainer import TrainConfig, train
+    torch.manual_seed(0)
+    unet, tok = models.unet(), models.tokenizer()
+    data = {"latents": torch.randn(4, 3, 16, 16), "noise": torch.randn(4, 3, 16, 16), "ids": tok(["a red circle"] * 4)}
+    train(unet, models.text_encoder(tok), data, TrainConfig(iters=1, batch_size=2, save_every=1, ema=0.0),
+          tmp_path / "run", tok([""]), progress=False)
+    r = run("sd.reflow", "export", "--run", tmp_path / "run", "--init", tmp_path, "--out", tmp_path / "exported")
+    one_line_error(r, "not a diffusers model folder", "vae")
+    assert not (tmp_path / "exported").exists()
+
+
+# ---- help that helps -----------------------------------------------------------------------------
+
+def parsers():
+    from sd.generate import build_parser as generate
+    from sd.invert import build_parser as invert
+    from sd.mini.__main__ import build_parser as mini
+    from sd.reflow import parser as reflow
+    from sd.tiny import build_parser as tiny_parser
+    from toy.__main__ import build_parser as toy
+    out = {"sd.generate": generate(), "sd.invert": invert(), "sd.mini": mini(), "sd.tiny": tiny_parser(),
+           "toy": toy(), "toy compare": toy(compare=True)}
+    sub = next(a for a in reflow()._actions if isinstance(a, argparse._SubParsersAction))
+    out.update({f"sd.reflow {name}": p for name, p in sub.choices.items()})
+    return out
+
+
+def test_every_option_has_help_and_shows_its_default():
+    missing = []
+    for name, p in parsers().items():
+        text = p.format_help()
+        for a in p._actions:
+            if not a.option_strings or a.help == argparse.SUPPRESS or "-h" in a.option_strings:
+                continue
+            if not a.help:
+                missing.append(f"{name} {a.option_strings[0]}: no help")
+            elif a.default not in (None, False, []) and "default" not in p._get_formatter()._expand_help(a):
+                missing.append(f"{name} {a.option_strings[0]}: default {a.default!r} not shown")
+        assert "(default: " in text, name
+    assert missing == []
+
+
+def test_reflow_train_lists_the_valid_precisions_and_time_samplers():
+    text = parsers()["sd.reflow train"].format_help()
+    assert "{fp32,bf16,fp16}" in text and "{uniform,logit_normal}" in text
+
+
+# ---- something to try SD on --------------------------------------------------------------------
+
+def test_sd_tiny_then_every_command(tiny, tmp_path):
+    model = tiny / "model"
+    steps = [("sd.generate", "--model", model, "--prompt", "a red circle", "--height", "64", "--width", "64",
+              "--out", tmp_path / "a.png"),
+             ("sd.generate", "--model", model, "--prompt", "a red circle", "--init-image", tiny / "image.png",
+              "--out", tmp_path / "b.png"),
+             ("sd.invert", "--model", model, "--image", tiny / "image.png", "--prompt", "a red circle", "--steps", "2",
+              "--out", tmp_path / "noise.safetensors"),
+             ("sd.generate", "--model", model, "--prompt", "a blue circle", "--noise", tmp_path / "noise.safetensors",
+              "--steps", "2", "--out", tmp_path / "c.png"),
+             ("sd.generate", "--model", model, "--prompt", "x", "--lora", f"{tiny / 'lora.safetensors'}:0.8",
+              "--controlnet", tiny / "controlnet", "--control-image", tiny / "control.png", "--height", "64",
+              "--width", "64", "--out", tmp_path / "d.png"),
+             ("sd.generate", "--model", model, "--prompt", "x", "--merge-delta", model, f"{model}:0.5", "--height", "64",
+              "--width", "64", "--out", tmp_path / "e.png")]
+    for args in steps:
+        r = run(*args)
+        assert r.returncode == 0, (args, r.stderr[-2000:])
+    from sd.checkpoints.images import read_image
+    a, d = read_image(tmp_path / "a.png"), read_image(tmp_path / "d.png")
+    assert a.shape == d.shape == (64, 64, 3) and not np.array_equal(a, d)        # the LoRA and ControlNet act
+
+
+def test_sd_tiny_is_what_diffusers_reads(tiny):
+    """The folder is the real layout: diffusers loads the model and the ControlNet, and their UNet and
+    ControlNet outputs equal ours."""
+    diffusers = pytest.importorskip("diffusers")
+    from sd.checkpoints.loaders import load_unet
+    from sd.controlnet import load_controlnet
+    ref = diffusers.StableDiffusionPipeline.from_pretrained(tiny / "model", safety_checker=None)
+    ref_net = diffusers.ControlNetModel.from_pretrained(tiny / "controlnet")
+    unet, net = load_unet(tiny / "model"), load_controlnet(tiny / "controlnet")
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g)
+    cond, t = torch.rand(1, 3, 64, 64, generator=g), torch.tensor([500.0])
+    with torch.no_grad():
+        assert torch.allclose(unet(x, t, c), ref.unet(x, t, c).sample, atol=1e-5)
+        down, mid = net(x, t, c, cond)
+        ref_down, ref_mid = ref_net(x, t, c, cond, return_dict=False)
+        assert torch.allclose(mid, ref_mid, atol=1e-5) and mid.abs().max() > 0
+    ids = ref.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    from sd.models.tokenizer import load_tokenizer
+    assert torch.equal(load_tokenizer(tiny / "model")(["a red circle"]), ids)

@@ -1,0 +1,48 @@
+"""python tutorials/clean_outputs.py tutorials/*.ipynb: after executing a notebook in full mode, keep its
+committed outputs readable: each progress bar's final state only (not its hundreds of redraws), and no
+tqdm "IProgress not found" warning (which also shows a path of the machine that ran it).
+tests/test_docs.py checks the committed notebooks for both."""
+import json
+import sys
+from pathlib import Path
+
+
+def clean(text):
+    """A stream's text: carriage-return redraws reduced to the last one, tqdm's IProgress warning dropped."""
+    out = []
+    lines = text.split("\n")
+    skip = False
+    for line in lines:
+        if "TqdmWarning" in line:
+            skip = True              # the warning line, then its source line
+            continue
+        if skip and line.strip().startswith("from .autonotebook"):
+            skip = False
+            continue
+        skip = False
+        if "\r" in line:
+            line = [s for s in line.split("\r") if s.strip()][-1] if line.strip() else ""
+        out.append(line)
+    return "\n".join(out)
+
+
+def clean_notebook(path):
+    p = Path(path)
+    nb = json.loads(p.read_text())
+    for c in nb["cells"]:
+        keep = []
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream":
+                text = clean("".join(o["text"]))
+                if not text.strip():
+                    continue
+                o["text"] = text.splitlines(keepends=True)
+            keep.append(o)
+        if "outputs" in c:
+            c["outputs"] = keep
+    p.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    for f in sys.argv[1:]:
+        clean_notebook(f)
