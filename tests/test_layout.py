@@ -1,7 +1,7 @@
 """The house rules of the repository's layout, read off the source with `ast` (nothing is imported):
 
 - sd/ is grouped by concern into floors; a module imports only from its own group or a floor below
-  (models < checkpoints < edits, controlnet < sampling < training < the commands), never sideways
+  (models < checkpoints < edits, controlnet, evaluation < sampling < training < the commands), never sideways
   between two groups of one floor, and the modules' import graph has no cycle;
 - rectflow/ stays at the bottom (it imports nothing of toy/ or sd/), toy/ never imports sd/.
 """
@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # group -> floor; a module's group is its first package below sd/ ("sd" itself: the commands on top)
-FLOORS = {"models": 0, "checkpoints": 1, "edits": 2, "controlnet": 2, "sampling": 3, "training": 4, "commands": 5}
+FLOORS = {"models": 0, "checkpoints": 1, "edits": 2, "controlnet": 2, "evaluation": 2, "sampling": 3, "training": 4,
+          "commands": 5}
 
 
 def module_name(path, root=ROOT):
