@@ -1,6 +1,8 @@
 """sd/evaluation/frechet.py: the Frechet distance against FID's formula written out with scipy's matrix
 square root (pytorch-fid's way), on full-rank, rank-deficient and nearly singular covariances; its
 properties; pytorch-fid's .npz statistics files."""
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +91,95 @@ def test_bad_stats_files_say_what_is_wrong(tmp_path):
         assert str(tmp_path / name) in str(err.value) and words in str(err.value), str(err.value)
     with pytest.raises(StatsError, match="shapes do not match"):
         frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(4), torch.eye(4))
+
+
+# ---- FID's Inception-v3 against torch-fidelity's ---------------------------------------------------
+
+class _Anything(types.ModuleType):
+    """A stand-in module whose every attribute is a stand-in (torch-fidelity imports torchvision's
+    datasets and transforms at import time; its Inception needs none of them)."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Anything(f"{self.__name__}.{name}")
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __mro_entries__(self, bases):
+        return (object,)
+
+
+@pytest.fixture(scope="module")
+def fidelity_inception():
+    """torch-fidelity's FeatureExtractorInceptionV3 class, imported with a stub torchvision (PyPI's
+    torchvision breaks beside this torch); the stub is removed again."""
+    import importlib.util
+    import sys
+    if importlib.util.find_spec("torch_fidelity") is None:
+        pytest.skip("torch-fidelity (a test-only oracle) is not installed")
+    names = ["torchvision", "torchvision.datasets", "torchvision.transforms", "torchvision.transforms.functional",
+             "torchvision.models", "torchvision.io"]
+    saved = {n: sys.modules.get(n) for n in names}
+    for n in names:
+        sys.modules[n] = _Anything(n)
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        yield FeatureExtractorInceptionV3
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+
+
+def random_inception_file(path, seed=0):
+    """Random weights in pytorch-fid's layout (BatchNorm statistics too, num_batches_tracked included)."""
+    from sd.evaluation.inception import FIDInception
+    g = torch.Generator().manual_seed(seed)
+    sd = FIDInception().state_dict()
+    for k, v in sd.items():
+        if k.endswith("running_var"):
+            v.copy_(torch.rand(v.shape, generator=g) + 0.5)
+        elif k.endswith(("running_mean", "bias")):
+            v.copy_(torch.randn(v.shape, generator=g) * 0.1)
+        elif v.is_floating_point():
+            fan_in = v[0].numel() if v.ndim > 1 else 1
+            v.copy_(torch.randn(v.shape, generator=g) * (2 / fan_in) ** 0.5 if v.ndim > 1 else 1 + 0.1 * torch.randn(v.shape, generator=g))
+    torch.save(sd, path)
+    return path
+
+
+def test_inception_features_equal_torch_fidelitys(tmp_path, fidelity_inception):
+    from sd.evaluation import load_inception
+    f = random_inception_file(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
+    ours = load_inception(f)
+    ref = fidelity_inception("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(f)).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (2, 3, 299, 299), generator=g, dtype=torch.uint8)
+    with torch.no_grad():
+        want = ref(x)[0]
+        got = ours(x.double().float() / 256)         # torch-fidelity: (x - 128) / 128 = 2 (x / 256) - 1
+    assert got.shape == want.shape == (2, 2048)
+    err = (got - want).abs().max() / want.abs().max()
+    print(f"FID Inception features vs torch-fidelity: max |ours - theirs| / max |theirs| = {float(err):.1e}")
+    assert err <= 1e-4, float(err)
+
+
+def test_inception_files_of_another_layout_are_refused(tmp_path):
+    from sd.evaluation import load_inception
+    from sd.evaluation.inception import InceptionError
+    f = random_inception_file(tmp_path / "good.pth")
+    sd = torch.load(f, weights_only=True)
+    torch.save({k: v for k, v in sd.items() if not k.startswith("Mixed_7c")}, tmp_path / "cut.pth")
+    torch.save({**sd, "fc.weight": torch.zeros(1000, 2048)}, tmp_path / "torchvision.pth")
+    torch.save({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, tmp_path / "no_nbt.pth")
+    (tmp_path / "text.pth").write_text("not weights")
+    load_inception(tmp_path / "no_nbt.pth")
+    for name, words in {"cut.pth": "missing Mixed_7c.", "torchvision.pth": "mis-shaped fc.weight (1000, 2048)",
+                        "text.pth": "not a PyTorch state dict", "nothing.pth": "no such Inception weight file"}.items():
+        with pytest.raises(InceptionError) as err:
+            load_inception(tmp_path / name)
+        assert name in str(err.value) and words in str(err.value), str(err.value)
