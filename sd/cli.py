@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from rectflow.checks import HelpFormatter, writable
+from rectflow.checks import HelpFormatter, positive_int, writable
 
 from .checkpoints.images import ImageError
 from .checkpoints.loaders import CheckpointError
@@ -56,8 +56,8 @@ def check_sizes(height, width, multiple=8):
 
 
 def check_steps(steps, flag="--steps"):
-    if steps < 1:
-        raise PipelineError(f"{flag} must be at least 1, got {steps}")
+    """A step count is a positive integer (the pipeline's wording, rectflow.checks.positive_int)."""
+    positive_int(steps, flag, PipelineError)
 
 
 def check_file(path, flag):

@@ -126,10 +126,9 @@ def check_args(args):
     check_out(args.out)
     check_steps(args.steps)
     check_sizes(args.height, args.width)
-    if args.batch < 1:
-        raise PipelineError(f"--batch must be at least 1, got {args.batch}")
+    check_steps(args.batch, "--batch")
     if args.negative_prompt and len(args.negative_prompt) != len(args.prompt):
-        raise PipelineError(f"{len(args.prompt)} --prompt but {len(args.negative_prompt)} --negative-prompt: "
+        raise PipelineError(f"{len(args.prompt)} prompt(s) but {len(args.negative_prompt)} negative prompt(s): "
                             f"give one per prompt")
     if args.init_image and args.noise:
         raise PipelineError("give --init-image or --noise, not both")

@@ -104,7 +104,7 @@ def test_generate_checks_sizes_steps_and_strength_before_loading(tmp_path):
     base = ("sd.generate", "--model", tmp_path / "no_model", "--prompt", "x")
     one_line_error(run(*base, "--height", "0"), "--height must be a positive multiple of 8, got 0")
     one_line_error(run(*base, "--width", "100"), "--width must be a positive multiple of 8, got 100")
-    one_line_error(run(*base, "--steps", "0"), "--steps must be at least 1")
+    one_line_error(run(*base, "--steps", "0"), "--steps must be a positive integer, got 0")
     one_line_error(run(*base, "--strength", "1.5"), "--strength must lie in (0, 1]")
     one_line_error(run(*base, "--lora", tmp_path / "missing.safetensors"), "--lora", "no such file")
 

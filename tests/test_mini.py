@@ -91,7 +91,7 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     kept = stamps()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0
-    assert stamps() == kept and len(kept) == 8          # 3 checkpoints, 2 manifests, 2 shards, the ControlNet
+    assert stamps() == kept and len(kept) == 9          # 3 checkpoints, 2 manifests, 2 shards, the ControlNet, config.json
     m2 = json.loads((tmp_path / "metrics.json").read_text())
     assert all(m2[k] == m[k] for k in names + ["straightness", "inversion", "edit", "controlnet"])
 

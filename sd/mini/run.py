@@ -160,7 +160,8 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
     out, t_start = Path(out), time.time()
     check_run(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if not (out / "config.json").exists():               # a resumed run keeps its record (check_run compared it)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
     tok = models.tokenizer()
     text_encoder, unet = models.text_encoder(tok), models.unet()
@@ -222,7 +223,7 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
             "2-RF, 1 step": (rf2, 1, 1.0, "euler"),
             "2-RF, 4 steps": (rf2, 4, 1.0, "euler"),
             "distilled 2-RF, 1 step": (student, 1, 1.0, "euler")}
-    metrics, shown, reference = {"mode": cfg.mode, "config": asdict(cfg)}, {}, None
+    metrics, shown, reference = {"config": asdict(cfg)}, {}, None
     note = FAST_NOTE if cfg.mode == "fast" else None
     with torch.no_grad():
         for name, (net, steps, g, solver) in runs.items():
@@ -282,6 +283,7 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
     grid(rows, prompts[:8], out / "control.png", note)
     seconds["controlnet"] = time.time() - t0
     metrics["seconds"] = {**seconds, "total": time.time() - t_start}
+    metrics["mode"] = cfg.mode                            # "fast": these numbers mean nothing
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
