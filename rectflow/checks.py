@@ -10,7 +10,7 @@ def positive_int(value, name, error=ValueError):
 
 
 def listing(items, limit=5):
-    """A long list in an error message, shortened with a count: 'a', 'b', 'c', ... (and 260 more)."""
+    """A long list in an error message, shortened with a count: a, b, c, ... (260 more)."""
     items = [repr(i) if not isinstance(i, str) else i for i in items]
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")

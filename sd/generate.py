@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rectflow.checks import positive_int
+
 from .checkpoints.images import fit, read_image
 from .checkpoints.loaders import holds
 from .checkpoints.safetensors_io import load_file
@@ -126,7 +128,7 @@ def check_args(args):
     check_out(args.out)
     check_steps(args.steps)
     check_sizes(args.height, args.width)
-    check_steps(args.batch, "--batch")
+    positive_int(args.batch, "--batch", PipelineError)
     if args.negative_prompt and len(args.negative_prompt) != len(args.prompt):
         raise PipelineError(f"{len(args.prompt)} prompt(s) but {len(args.negative_prompt)} negative prompt(s): "
                             f"give one per prompt")

@@ -36,6 +36,11 @@ def positive_int(text):
     return val
 
 
+def default_out(compare, fast):
+    """runs/toy or runs/toy-compare, with -fast for a smoke run (which never writes where a full run lives)."""
+    return Path(("runs/toy-compare" if compare else "runs/toy") + ("-fast" if fast else ""))
+
+
 def build_parser(compare=False):
     prog = "python -m toy compare" if compare else "python -m toy"
     doc = compare_doc if compare else __doc__
@@ -54,8 +59,8 @@ def build_parser(compare=False):
         p.add_argument("--reflows", type=positive_int, default=1, help="1: 2-RF, 2: 3-RF, ...")
     p.add_argument("--fast", action="store_true", help="a smoke run of seconds (nothing converges; its numbers mean "
                    "nothing), written to its own folder")
-    full = "runs/toy-compare" if compare else "runs/toy"
-    p.add_argument("--out", type=Path, help=f"output folder (default: {full}, or {full}-fast with --fast)")
+    p.add_argument("--out", type=Path, help=f"output folder (default: {default_out(compare, False)}, or "
+                                            f"{default_out(compare, True)} with --fast)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
@@ -63,14 +68,13 @@ def build_parser(compare=False):
 def parse_args(argv=None, compare=False):
     p = build_parser(compare)
     args = p.parse_args(argv)
-    full = "runs/toy-compare" if compare else "runs/toy"
     try:
         dev = torch.device(args.device)
     except RuntimeError as e:
         p.error(f"--device {args.device!r}: {e}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device!r}: CUDA is not available on this machine")
-    args.out = args.out or Path(full + "-fast" if args.fast else full)
+    args.out = args.out or default_out(compare, args.fast)
     try:
         writable(args.out, "--out", folder=True)
         check_not_full(args.out / ("compare.json" if compare else "metrics.json"), args.fast)

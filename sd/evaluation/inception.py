@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rectflow.checks import listing
+
 
 class ConvBN(nn.Module):
     """conv (no bias) -> BatchNorm (eps 0.001, TensorFlow's) -> ReLU; `conv` / `bn` as torchvision names them."""
@@ -182,10 +184,9 @@ def load_inception(path, device="cpu"):
     missing, unexpected = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
     wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(want[k])})" for k in want if k in sd and sd[k].shape != want[k]]
     if missing or unexpected or wrong:
-        def few(keys):
-            return ", ".join(keys[:3]) + (f", ... ({len(keys) - 3} more)" if len(keys) > 3 else "")
-        parts = [f"missing {few(missing)}" if missing else "", f"unexpected {few(unexpected)}" if unexpected else "",
-                 f"mis-shaped {few(wrong)}" if wrong else ""]
+        parts = [f"missing {listing(missing, 3)}" if missing else "",
+                 f"unexpected {listing(unexpected, 3)}" if unexpected else "",
+                 f"mis-shaped {listing(wrong, 3)}" if wrong else ""]
         raise InceptionError(f"{path}: not FID's Inception-v3 weights: " + "; ".join(p for p in parts if p))
     model.load_state_dict(sd, strict=False)
     return model.to(device).eval()

@@ -11,7 +11,8 @@ import sys
 
 from rectflow.checks import HelpFormatter, writable
 
-from .run import MiniConfig, MiniRunError, check_run, run
+from ..cli import fail
+from .run import MiniConfig, MiniRunError, run
 
 
 def build_parser():
@@ -30,11 +31,9 @@ def main(argv=None):
     out = args.out or ("runs/mini-fast" if args.fast else "runs/mini")
     try:
         writable(out, "--out", folder=True)
-        check_run(out, cfg)
-        m = run(cfg, out)
+        m = run(cfg, out)                                # checks the folder's configuration before any work
     except (MiniRunError, ValueError) as e:            # ValueError: the trainer refusing to resume another run
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     if cfg.mode == "fast":
         print("FAST MODE (a smoke run): these numbers mean nothing")
     print(f"{'model':28s} {'steps':>5s} {'fidelity':>9s} {'colour':>7s} {'position':>9s} {'MSE to teacher':>15s}")
