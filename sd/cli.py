@@ -14,16 +14,16 @@ from rectflow.checks import HelpFormatter, positive_int, writable
 from .checkpoints.images import ImageError
 from .checkpoints.loaders import CheckpointError
 from .checkpoints.safetensors_io import SafeOpen, SafetensorsError
-from .edits.lora import LoraError
+from .edits.lora import LoraError, split_scale
 from .models.tokenizer import TokenizerError
-from .sampling.pipeline import PipelineError, check_size
+from .sampling.pipeline import PipelineError, check_size, load_pipeline
 
 ERRORS = (PipelineError, CheckpointError, SafetensorsError, TokenizerError, ImageError, LoraError, RuntimeError)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 __all__ = ["DTYPES", "ERRORS", "HelpFormatter", "device_of", "check_out", "check_sizes", "check_steps",
-           "check_file", "check_safetensors", "fail", "save_png"]
+           "check_file", "check_safetensors", "fail", "save_png", "add_model_args", "check_model_args", "load_edited"]
 
 
 def fail(error):
@@ -81,3 +81,51 @@ def save_png(array, path):
     import matplotlib.image
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     matplotlib.image.imsave(path, array)
+
+
+def add_model_args(p):
+    """The options of every command that samples a model (sd.generate, sd.evaluate): the model, its edits
+    (LoRAs, fine-tune deltas), the sampler, steps and guidance, dtype and device."""
+    p.add_argument("--model", required=True, type=Path,
+                   help="diffusers model folder, single checkpoint file, or a model id (owner/name) in the local "
+                        "Hugging Face cache (python -m sd.tiny writes a small random one to try)")
+    p.add_argument("--steps", type=int, default=1, help="Euler steps (UNet calls), at least 1")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale; 1 = no CFG")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                   help="fp16 on a GPU; bf16 on a CPU with bf16 instructions, else fp32")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fused Euler step, the UNet and the VAE decoder (CUDA graphs on CUDA)")
+    p.add_argument("--sampler", choices=["euler", "ddim", "dpm++", "auto"], default="euler",
+                   help="euler: rectified flow (InstaFlow, 2-RF); ddim / dpm++: an epsilon-prediction "
+                        "teacher such as SD 1.5; auto: from the folder's scheduler config")
+    p.add_argument("--merge-delta", nargs=2, metavar=("BASE", "FINETUNED[:ALPHA]"),
+                   help="add ALPHA (default 1) x (FINETUNED - BASE) to the UNet and take FINETUNED's VAE and text "
+                        "encoder (InstaFlow's recipe for fine-tuned SD 1.5 models such as dreamshaper-7)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="merge a LoRA (kohya/CivitAI, diffusers or peft .safetensors) at SCALE (default 1); repeatable, "
+                        "they stack")
+
+
+def check_model_args(args):
+    """add_model_args' options, checked before anything loads: the device (returned), steps, LoRA files."""
+    dev = device_of(args.device)
+    check_steps(args.steps)
+    for spec in args.lora:
+        check_safetensors(split_scale(spec)[0], "--lora")
+    if args.merge_delta:
+        split_scale(args.merge_delta[1])
+    return dev
+
+
+def load_edited(args, dev):
+    """The pipeline of --model in --dtype on `dev`, with --merge-delta and --lora applied (each said)."""
+    pipe = load_pipeline(args.model, dtype=DTYPES[args.dtype], device=dev)
+    if args.merge_delta:
+        finetuned, alpha = split_scale(args.merge_delta[1])
+        pipe.merge_delta(args.merge_delta[0], finetuned, alpha)
+        print(f"merged {alpha:g} x (fine-tuned - base) into the UNet; VAE and text encoder from {finetuned}")
+    for spec in args.lora:
+        path, scale = split_scale(spec)
+        pipe.load_lora(path, scale)
+        print(f"LoRA {path} (scale {scale:g})")
+    return pipe

@@ -14,18 +14,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rectflow.checks import positive_int
 
 from .checkpoints.images import fit, read_image
 from .checkpoints.loaders import holds
 from .checkpoints.safetensors_io import load_file
-from .cli import (DTYPES, ERRORS, HelpFormatter, check_file, check_out, check_safetensors, check_sizes, check_steps,
-                  device_of, fail, save_png)
+from .cli import (DTYPES, ERRORS, HelpFormatter, add_model_args, check_file, check_model_args, check_out, check_sizes,
+                  fail, load_edited, save_png)
 from .controlnet import canny, load_controlnet
-from .edits.lora import split_scale
-from .sampling.pipeline import PipelineError, default_sampler, load_pipeline
+from .sampling.pipeline import PipelineError, default_sampler
 
 
 def grid(images):
@@ -79,35 +77,18 @@ def scale_arg(scales):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m sd.generate", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--model", required=True, type=Path,
-                   help="diffusers model folder, single checkpoint file, or a model id (owner/name) in the local "
-                        "Hugging Face cache (python -m sd.tiny writes a small random one to try)")
+    add_model_args(p)
     p.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
     p.add_argument("--negative-prompt", action="append", help="one per --prompt (used with --guidance > 1)")
-    p.add_argument("--steps", type=int, default=1, help="Euler steps (UNet calls), at least 1")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale; 1 = no CFG")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (the reference pipelines' "
                    "convention: a seed gives their image)")
     p.add_argument("--height", type=int, help="pixels, a multiple of 8 (default 512, or the init image's / noise's size)")
     p.add_argument("--width", type=int, help="pixels, a multiple of 8 (default 512, or the init image's / noise's size)")
     p.add_argument("--batch", type=int, default=1, help="images per prompt")
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
-                   help="fp16 on a GPU; bf16 on a CPU with bf16 instructions, else fp32")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fused Euler step, the UNet and the VAE decoder (CUDA graphs on CUDA)")
-    p.add_argument("--sampler", choices=["euler", "ddim", "dpm++", "auto"], default="euler",
-                   help="euler: rectified flow (InstaFlow, 2-RF); ddim / dpm++: an epsilon-prediction "
-                        "teacher such as SD 1.5; auto: from the folder's scheduler config")
     p.add_argument("--init-image", type=Path, help="PNG/JPEG to start from (image-to-image)")
     p.add_argument("--strength", type=float, default=0.6,
                    help="with --init-image: how far back towards noise to start, in (0, 1] (1 = text-to-image)")
     p.add_argument("--noise", type=Path, help="start from this noise (a .safetensors written by python -m sd.invert)")
-    p.add_argument("--merge-delta", nargs=2, metavar=("BASE", "FINETUNED[:ALPHA]"),
-                   help="add ALPHA (default 1) x (FINETUNED - BASE) to the UNet and take FINETUNED's VAE and text "
-                        "encoder (InstaFlow's recipe for fine-tuned SD 1.5 models such as dreamshaper-7)")
-    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
-                   help="merge a LoRA (kohya/CivitAI, diffusers or peft .safetensors) at SCALE (default 1); repeatable, "
-                        "they stack")
     p.add_argument("--controlnet", action="append", default=[], type=Path, metavar="PATH",
                    help="a ControlNet (diffusers folder or v1.x single file); repeatable, one --control-image each")
     p.add_argument("--control-image", action="append", default=[], type=Path, metavar="PATH",
@@ -124,9 +105,8 @@ def build_parser():
 def check_args(args):
     """Everything that can be checked without the model, before it loads: returns the pipeline's keyword
     arguments that come from files (init image, control images, noise)."""
-    dev = device_of(args.device)
+    dev = check_model_args(args)
     check_out(args.out)
-    check_steps(args.steps)
     check_sizes(args.height, args.width)
     positive_int(args.batch, "--batch", PipelineError)
     if args.negative_prompt and len(args.negative_prompt) != len(args.prompt):
@@ -140,10 +120,6 @@ def check_args(args):
         raise PipelineError(f"--strength must lie in (0, 1], got {args.strength}")
     if args.init_image and args.sampler not in ("euler", "auto"):
         raise PipelineError(f"--init-image runs the rectified flow (--sampler euler), not {args.sampler}")
-    for spec in args.lora:
-        check_safetensors(split_scale(spec)[0], "--lora")
-    if args.merge_delta:
-        split_scale(args.merge_delta[1])
     kw = dict(height=args.height, width=args.width)
     control_images = control_args(args)
     if args.controlnet:
@@ -162,15 +138,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         dev, kw = check_args(args)
-        pipe = load_pipeline(args.model, dtype=DTYPES[args.dtype], device=dev)
-        if args.merge_delta:
-            finetuned, alpha = split_scale(args.merge_delta[1])
-            pipe.merge_delta(args.merge_delta[0], finetuned, alpha)
-            print(f"merged {alpha:g} x (fine-tuned - base) into the UNet; VAE and text encoder from {finetuned}")
-        for spec in args.lora:
-            path, scale = split_scale(spec)
-            pipe.load_lora(path, scale)
-            print(f"LoRA {path} (scale {scale:g})")
+        pipe = load_edited(args, dev)
         if args.controlnet:
             kw["controlnet"] = [load_controlnet(f, dtype=DTYPES[args.dtype], device=dev) for f in args.controlnet]
         if args.noise:

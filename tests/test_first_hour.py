@@ -91,6 +91,9 @@ def test_every_command_checks_its_output_before_loading_anything(tmp_path, tiny)
         ("sd.reflow", "generate", "--teacher", tmp_path / "no_model", "--prompts", tiny / "image.png", "--out", bad),
         ("sd.reflow", "train", "--init", tmp_path / "no_model", "--data", tmp_path, "--out", bad),
         ("sd.reflow", "export", "--run", tmp_path, "--init", tiny / "model", "--out", bad),
+        ("sd.evaluate", "--model", tmp_path / "no_model", "--captions", tmp_path / "none.txt", "--out", bad,
+         "--inception", tmp_path / "none.pth", "--ref-stats", tmp_path / "none.npz"),
+        ("sd.evaluate", "stats", "--images", tmp_path, "--inception", tmp_path / "none.pth", "--out", blocker / "r.npz"),
         ("sd.mini", "--out", bad),
         ("sd.tiny", "--out", bad),
         ("toy", "--out", bad),
@@ -154,13 +157,15 @@ def test_export_refuses_a_folder_that_is_not_a_model_before_writing(tmp_path):
 # ---- help that helps -----------------------------------------------------------------------------
 
 def parsers():
+    from sd.evaluate import build_parser as evaluate
+    from sd.evaluate import stats_parser
     from sd.generate import build_parser as generate
     from sd.invert import build_parser as invert
     from sd.mini.__main__ import build_parser as mini
     from sd.reflow import parser as reflow
     from sd.tiny import build_parser as tiny_parser
     from toy.__main__ import build_parser as toy
-    out = {"sd.generate": generate(), "sd.invert": invert(), "sd.mini": mini(), "sd.tiny": tiny_parser(),
+    out = {"sd.generate": generate(), "sd.evaluate": evaluate(), "sd.evaluate stats": stats_parser(), "sd.invert": invert(), "sd.mini": mini(), "sd.tiny": tiny_parser(),
            "toy": toy(), "toy compare": toy(compare=True)}
     sub = next(a for a in reflow()._actions if isinstance(a, argparse._SubParsersAction))
     out.update({f"sd.reflow {name}": p for name, p in sub.choices.items()})
