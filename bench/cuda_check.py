@@ -17,7 +17,9 @@ Sections, in this order (the report is rewritten after each, so a run cut short 
      1, 2, 4 steps at batch 1 and 1 step at batch 8; peak GPU memory
   7. sd.reflow training throughput (images/s) at 512x512, fp16 and bf16, with and without gradient
      checkpointing, and its peak memory
-  8. the tests marked `cuda` (pytest -m cuda)
+  8. evaluation (sd.evaluate's pieces): 64 captions end to end, images per second for generation, for
+     FID's Inception and for CLIP score (ViT-L/14 shapes, random weights), and what 5k / 30k images cost
+  9. the tests marked `cuda` (pytest -m cuda)
 A check that fails is marked FAIL (with the error) and the script exits with status 1 at the end.
 --smoke runs the same code with tiny configs, 64x64 images, few repeats and the CPU's dtypes.
 """
@@ -336,7 +338,62 @@ def measure_training(rep, ctx):
              f"frozen; mean of {n_steps} steps after {warm} warm-up steps.")
 
 
-# ---- 8. the tests marked cuda ------------------------------------------------------------------------
+# ---- 8. evaluation ------------------------------------------------------------------------------------
+
+def measure_evaluation(rep, ctx):
+    """sd.evaluate's generation loop and metric pass on ctx.pipe, timed stage by stage."""
+    from types import SimpleNamespace
+
+    from sd.checkpoints.images import read_image
+    from sd.evaluate import generate
+    from sd.evaluation import clip_score, frechet_distance, load_inception, statistics
+    from sd.evaluation.clip_score import preprocess_config
+    from sd.evaluation.measure import measure
+    from sd.models.clip import CLIPModel
+    from tests.weights import random_inception_file
+    dev, size = ctx.dev, ctx.size
+    n = 8 if ctx.smoke else 64
+    things = ["cat", "dog", "red car", "bowl of fruit", "train at a station", "man on a surfboard", "city street",
+              "living room"]
+    captions = [f"a photo of a {things[k % 8]}, number {k}" for k in range(n)]
+    if ctx.smoke:    # tiny towers; else ViT-L/14's shapes (InstaFlow measured with ViT-g/14, about 3x its cost)
+        clip = CLIPModel(dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4), dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                                           num_attention_heads=4, image_size=32, patch_size=8), 24)
+    else:
+        clip = CLIPModel(dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12),
+                         dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              patch_size=14), 768)
+    clip = clip.to(dev).eval()
+    clip.tokenizer, clip.preprocess = ctx.pipe.tokenizer, preprocess_config(ROOT / "no such folder", clip.image_size)
+    args = SimpleNamespace(sampler="euler", batch=ctx.big_batch, height=size, width=size, seed=0, steps=1,
+                           guidance=1.0, negative_prompt="", compile=False)
+    with tempfile.TemporaryDirectory() as d:
+        inception = load_inception(random_inception_file(Path(d) / "pt_inception.pth"), dev)
+        seconds, timed_images, made = generate(ctx.pipe, args, captions, range(n), Path(d))
+        files = sorted(Path(d).glob("0*.png"))
+        rep.check("images written", made == n == len(files), f"{len(files)} of {n}")
+        sync(dev)
+        t0 = time.perf_counter()
+        feats, _ = measure(files, inception, batch=32, device=dev, desc="Inception")
+        sync(dev)
+        t_inception = time.perf_counter() - t0
+        images = np.stack([read_image(f) for f in files])
+    t_clip, cos = timed(lambda: clip_score(clip, clip.tokenizer, images, captions, batch=32), dev)
+    mu, sigma = statistics(feats)
+    fd_self = frechet_distance(mu, sigma, mu, sigma)
+    half = frechet_distance(*statistics(feats[: n // 2]), *statistics(feats[n // 2:]))
+    rep.check("metrics finite, FD(X, X) = 0", bool(torch.isfinite(cos).all()) and abs(fd_self) < 1e-3 * float(sigma.trace()) and half > 0,
+              f"FD(X, X) = {fd_self:.1e} (tr S = {float(sigma.trace()):.3g}; square roots of rank-deficient S amplify rounding), FD(first half, second half) = {half:.3g}, mean cosine {float(cos.mean()):.3f}")
+    per = {f"generation (1 Euler step, batch {args.batch}, eager, {ctx.dtype_name})": seconds / max(timed_images, 1),
+           "FID Inception (PNG reading included)": t_inception / n, "CLIP score": t_clip / n}
+    rows = [(name, f"{1 / s:.1f}", f"{5000 * s / 60:.1f}", f"{30000 * s / 60:.1f}") for name, s in per.items()]
+    rep.table(["stage", "images / s", "5k images (min)", "30k images (min)"], rows)
+    rep.line(f"\n{n} captions at {size}x{size} through sd.evaluate's generate() and measure(); generation timed after "
+             f"its first (warm-up) batch. Random weights: the metrics' values mean nothing here, their cost does.")
+
+
+# ---- 9. the tests marked cuda ------------------------------------------------------------------------
 
 def run_cuda_tests(rep, ctx):
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"],
@@ -349,7 +406,7 @@ def run_cuda_tests(rep, ctx):
 
 class Context:
     def __init__(self, args):
-        smoke = args.smoke
+        self.smoke = smoke = args.smoke
         self.dev = torch.device("cpu" if smoke else args.device)
         self.dtype_name = "bf16" if smoke else "fp16"
         self.dtype = HALF[self.dtype_name]
@@ -378,7 +435,8 @@ SECTIONS = [("1. Fused CFG + Euler step, compiled vs eager", check_fused_step),
             ("5. Trainer: fp16 / bf16 steps, exact resume", check_training),
             ("6. One-step text-to-image latency", measure_latency),
             ("7. Training throughput", measure_training),
-            ("8. Tests marked cuda", run_cuda_tests)]
+            ("8. Evaluation: FID and CLIP score, 64 captions end to end", measure_evaluation),
+            ("9. Tests marked cuda", run_cuda_tests)]
 
 
 def main(argv=None):

@@ -12,8 +12,9 @@ def test_cuda_check_smoke_run_writes_a_full_report(tmp_path):
                        text=True, cwd=ROOT)
     text = out.read_text()
     assert r.returncode == 0, text[-4000:] + r.stderr[-2000:]
-    for k in range(1, 9):
+    for k in range(1, 10):
         assert f"\n## {k}. " in text
     assert "FAIL" not in text and "0 check(s) failed" in text
-    assert text.count("PASS") >= 12                   # steps, calls, parity, toy, trainer
+    assert text.count("PASS") >= 14                   # steps, calls, parity, toy, trainer, evaluation
     assert "| 1 | 1 | eager |" in text and "InstaFlow's loop, diffusers modules" in text and "images / s" in text
+    assert "| CLIP score |" in text and "FD(X, X)" in text

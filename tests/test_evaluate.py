@@ -20,7 +20,7 @@ from sd.sampling.pipeline import load_pipeline
 from sd.tiny import write_model
 from tests.conftest import ROOT
 from tests.test_clip import smooth_images, tiny_clip_folder
-from tests.test_evaluation import random_inception_file
+from tests.weights import random_inception_file
 
 pytest.importorskip("transformers")
 COLOURS, SHAPES = ("red", "green", "blue"), ("circle", "square", "triangle")
