@@ -61,8 +61,12 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     fast = MiniConfig().fast()
     assert m["config"] == json.loads(json.dumps(asdict(fast)))
-    names = ["teacher, 4 steps", "teacher, 1 step", "2-RF, 1 step", "2-RF, 4 steps", "distilled 2-RF, 1 step"]
-    assert list(m)[1:6] == names and m["teacher, 4 steps"]["mse_to_teacher"] == 0        # the reference itself
+    names = ["teacher, 4 steps", "teacher, 1 step", "teacher, 2 steps", "2-RF, 1 step", "2-RF, 2 steps", "2-RF, 4 steps",
+             "distilled 2-RF, 1 step"]
+    assert list(m)[1:9] == names + ["held-out renders"] and m["teacher, 4 steps"]["mse_to_teacher"] == 0   # the reference
+    floor = m["held-out renders"]
+    assert floor["fd"] > 0 and 0 <= floor["caption_score"] <= 1 and floor["fidelity"] == 1.0
+    assert all(m[k]["fd"] > 0 and 0 <= m[k]["caption_score"] <= 1 for k in names)
     for k in names:                   # fidelity = colour and position both right: a count over 16 samples
         f = m[k]["fidelity"]
         assert f * fast.eval_samples == round(f * fast.eval_samples) and f <= min(m[k]["colour"], m[k]["position"])
@@ -91,9 +95,10 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     kept = stamps()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0
-    assert stamps() == kept and len(kept) == 9          # 3 checkpoints, 2 manifests, 2 shards, the ControlNet, config.json
+    assert stamps() == kept and len(kept) == 10   # 3 checkpoints, 2 manifests, 2 shards, the ControlNet, the feature net,
+    #                                               config.json
     m2 = json.loads((tmp_path / "metrics.json").read_text())
-    assert all(m2[k] == m[k] for k in names + ["straightness", "inversion", "edit", "controlnet"])
+    assert all(m2[k] == m[k] for k in names + ["held-out renders", "straightness", "inversion", "edit", "controlnet"])
 
 
 def test_edit_recolours_keeps_shape_and_position_and_centroids_find_the_shape():
@@ -152,3 +157,18 @@ def test_default_run_tells_the_instaflow_story(tmp_path):
     c = m["controlnet"]                         # the teacher's ControlNet steers the one-step student
     assert c["distilled 2-RF, 1 step, with ControlNet"]["iou"] > c["distilled 2-RF, 1 step, without ControlNet"]["iou"] + 0.15
     assert c["distilled 2-RF, 1 step, with ControlNet"]["colour"] >= 0.95
+
+
+def test_the_feature_net_behind_fd_tells_renders_from_noise_and_right_captions_from_wrong():
+    """sd/mini/features.py, briefly trained: FD to held-out renders grows with the noise added to the
+    images, and the caption score prefers each image's own caption."""
+    from sd.mini.features import accuracy, caption_score, frechet, labels, train_feature_net
+    assert labels(["a red circle at the top left", "a yellow square at the bottom right"]).tolist() == [[0, 0, 0], [3, 1, 3]]
+    net = train_feature_net(2048, 300, 64, seed=0, progress=False)
+    caps = shapes.CAPTIONS * 4
+    a, b = (shapes.render(caps, 16, torch.Generator().manual_seed(k)) for k in (1, 2))
+    assert accuracy(net, a, caps) > 0.3                    # all three labels right; chance is 1/32
+    noise = torch.randn(a.shape, generator=torch.Generator().manual_seed(3))
+    fds = [frechet(net, a + s * noise, b) for s in (0.0, 0.1, 0.3, 1.0)]
+    assert all(x < y for x, y in zip(fds, fds[1:])), fds
+    assert caption_score(net, a, caps) > caption_score(net, a, caps[1:] + caps[:1]) + 0.2

@@ -36,11 +36,15 @@ def main(argv=None):
         return fail(e)
     if cfg.mode == "fast":
         print("FAST MODE (a smoke run): these numbers mean nothing")
-    print(f"{'model':28s} {'steps':>5s} {'fidelity':>9s} {'colour':>7s} {'position':>9s} {'MSE to teacher':>15s}")
+    print(f"{'model':28s} {'steps':>5s} {'fidelity':>9s} {'colour':>7s} {'position':>9s} {'MSE to teacher':>15s} "
+          f"{'FD':>8s} {'caption score':>14s}")
     for name, r in m.items():
-        if isinstance(r, dict) and "fidelity" in r:
+        if isinstance(r, dict) and "steps" in r:
             print(f"{name:28s} {r['steps']:5d} {r['fidelity']:9.3f} {r['colour']:7.3f} {r['position']:9.3f} "
-                  f"{r['mse_to_teacher']:15.4f}")
+                  f"{r['mse_to_teacher']:15.4f} {r['fd']:8.2f} {r['caption_score']:14.3f}")
+    h = m["held-out renders"]
+    print(f"{'held-out renders (floor)':28s} {'':5s} {h['fidelity']:9.3f} {'':7s} {'':9s} {'':15s} {h['fd']:8.2f} "
+          f"{h['caption_score']:14.3f}  (feature net's accuracy {h['feature_net_accuracy']:.3f})")
     print("straightness:", json.dumps({k: round(v, 3) for k, v in m["straightness"].items()}))
     for name, r in m["controlnet"].items():
         print(f"{name:45s} IoU with the control mask {r['iou']:.3f}, colour {r['colour']:.3f}")

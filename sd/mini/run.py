@@ -7,7 +7,9 @@
                  conv zeroed: see TrainConfig.zero_output)
     3. student   new pairs from the 2-RF (Euler, many steps), then one-step distillation  objective "distill"
     4. evaluate  straightness; prompt fidelity (the rule-based judge); the mean squared distance to the
-                 teacher's many-step image from the same noise; an image grid; inversion and editing
+                 teacher's many-step image from the same noise; FD to held-out renders and a caption score
+                 in the features of a small CNN trained once on renders (sd/mini/features.py, the mini's
+                 FID and CLIP score); an image grid; inversion and editing
                  (sd/mini/edit.py: invert-then-generate errors, recolouring edits, edit.png)
     6. control   a ControlNet trained on the frozen teacher to follow the shapes' masks, then used
                  unchanged on the 2-RF and the student (sd/mini/control.py, control.png)
@@ -33,7 +35,7 @@ from ..sampling.pipeline import noise
 from ..sampling.samplers import eps_velocity
 from ..training import triplets
 from ..training.trainer import TrainConfig, latest_checkpoint, read_checkpoint, train, weights
-from . import control, edit, models, shapes
+from . import control, edit, features, models, shapes
 
 
 @dataclass
@@ -56,13 +58,16 @@ class MiniConfig:
     inversion_samples: int = 256   # held-out renders inverted and edited (sd/mini/edit.py)
     inversion_steps: tuple = (1, 2, 4, 16)
     controlnet_iters: int = 1500
+    feature_images: int = 16384    # renders the FD's feature net is trained on (sd/mini/features.py)
+    feature_iters: int = 2000
     seed: int = 0
 
     def fast(self):
         """A smoke run of every stage with tiny numbers: the results mean nothing."""
         return replace(self, train_images=256, teacher_iters=12, pairs=32, teacher_steps=4, reflow_iters=6,
                        rf_steps=2, distill_iters=6, batch_size=16, eval_samples=16, straightness_steps=4,
-                       inversion_samples=16, inversion_steps=(1, 4), controlnet_iters=4)
+                       inversion_samples=16, inversion_steps=(1, 4), controlnet_iters=4,
+                       feature_images=512, feature_iters=10)
 
     @property
     def mode(self):
@@ -213,29 +218,42 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
                 iters=cfg.distill_iters, lr=cfg.distill_lr, cfg_dropout=0.0, **common), tok, progress)
     seconds["distill"] = time.time() - t0
 
-    # 4. evaluation on held-out seeds: every caption equally often
+    # 4. evaluation on held-out seeds: every caption equally often; the FD's feature net is trained first
+    t0 = time.time()
+    feature_net = stage_features(out / "features", cfg, progress)
+    seconds["features"] = time.time() - t0
     t0 = time.time()
     eval_caps = [shapes.CAPTIONS[i % len(shapes.CAPTIONS)] for i in range(cfg.eval_samples)]
     ids = tok(eval_caps)
     x0 = torch.cat([noise((1, *shape), 90_000 + i) for i in range(cfg.eval_samples)])
-    runs = {"teacher, {} steps".format(cfg.teacher_steps): (unet, cfg.teacher_steps, cfg.guidance, "dpm++"),
-            "teacher, 1 step": (unet, 1, cfg.guidance, "dpm++"),
-            "2-RF, 1 step": (rf2, 1, 1.0, "euler"),
-            "2-RF, 4 steps": (rf2, 4, 1.0, "euler"),
-            "distilled 2-RF, 1 step": (student, 1, 1.0, "euler")}
+    label = "{}, {} step{}".format
+    runs = {label(who, n, "s" * (n > 1)): (net, n, g, solver) for who, net, g, solver, steps in (
+        ("teacher", unet, cfg.guidance, "dpm++", [cfg.teacher_steps] + [n for n in (1, 2, 4) if n != cfg.teacher_steps]),
+        ("2-RF", rf2, 1.0, "euler", (1, 2, 4)), ("distilled 2-RF", student, 1.0, "euler", (1,))) for n in steps}
+    in_grid = [label("teacher", cfg.teacher_steps, "s"), "teacher, 1 step", "2-RF, 1 step", "2-RF, 4 steps",
+               "distilled 2-RF, 1 step"]
     metrics, shown, reference = {"config": asdict(cfg)}, {}, None
     note = FAST_NOTE if cfg.mode == "fast" else None
+    # held-out renders of the same captions: what FD measures against, and a second set for its floor
+    renders, renders2 = (shapes.render(eval_caps, cfg.size, torch.Generator().manual_seed(cfg.seed + k)) for k in (12, 13))
     with torch.no_grad():
-        for name, (net, steps, g, solver) in runs.items():
+        for key, (net, steps, g, solver) in runs.items():
             imgs = sample(net, context_fn(text_encoder, tok, g)(ids), x0.clone(), steps, g, solver)
             reference = imgs if reference is None else reference     # the teacher's many-step images
             judged = shapes.judge(imgs, eval_caps)
-            metrics[name] = {"steps": steps, "guidance": g, "sampler": solver,
-                             "fidelity": sum(r["both"] for r in judged) / len(judged),
-                             "colour": sum(r["colour"] for r in judged) / len(judged),
-                             "position": sum(r["position"] for r in judged) / len(judged),
-                             "mse_to_teacher": (imgs - reference).pow(2).mean().item()}
-            shown[name] = imgs[:8]
+            metrics[key] = {"steps": steps, "guidance": g, "sampler": solver,
+                            "fidelity": sum(r["both"] for r in judged) / len(judged),
+                            "colour": sum(r["colour"] for r in judged) / len(judged),
+                            "position": sum(r["position"] for r in judged) / len(judged),
+                            "mse_to_teacher": (imgs - reference).pow(2).mean().item(),
+                            "fd": features.frechet(feature_net, imgs, renders),
+                            "caption_score": features.caption_score(feature_net, imgs, eval_caps)}
+            if key in in_grid:
+                shown[key] = imgs[:8]
+        metrics["held-out renders"] = {"fidelity": shapes.fidelity(renders2, eval_caps),
+                                       "fd": features.frechet(feature_net, renders2, renders),   # the floor
+                                       "caption_score": features.caption_score(feature_net, renders2, eval_caps),
+                                       "feature_net_accuracy": features.accuracy(feature_net, renders2, eval_caps)}
         # the student is trained at t = 0 only: its value is the one-step model's field read as a flow
         for name, net, g, kind in (("teacher", unet, cfg.guidance, "eps"), ("2-RF", rf2, 1.0, "flow"),
                                    ("distilled 2-RF", student, 1.0, "flow")):
@@ -286,6 +304,20 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
     metrics["mode"] = cfg.mode                            # "fast": these numbers mean nothing
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def stage_features(out, cfg, progress):
+    """Train the FD's feature net on renders (sd/mini/features.py), or load it when a previous run did."""
+    f = Path(out) / "shapenet.safetensors"
+    net = features.ShapeNet(cfg.size)
+    if f.exists():
+        net.load_state_dict(read_weights(f))
+        return net.eval()
+    net = features.train_feature_net(cfg.feature_images, cfg.feature_iters, cfg.batch_size * 2, cfg.size,
+                                     cfg.seed + 11, progress)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, f)
+    return net
 
 
 def stage_controlnet(unet, text_encoder, tok, out, cfg, progress):
