@@ -1,0 +1,177 @@
+"""rectflow's few-step objectives against their formulas written out: consistency distillation and
+training, MeanFlow's identity (its jvp), shortcut models' self-consistency, progressive distillation's
+two teacher steps. Exact flows with known solutions (dz/dt = a z) give targets the formulas must hit."""
+import copy
+import math
+
+import pytest
+import torch
+
+from rectflow.consistency import consistency_fn, consistency_loss, consistency_sample, ct_schedule
+from rectflow.meanflow import meanflow_loss, meanflow_sample, meanflow_target
+from rectflow.progressive import progressive_loss, two_teacher_steps
+from rectflow.shortcut import levels, shortcut_loss, shortcut_sample, shortcut_target
+from toy.model import VelocityMLP
+
+A = 0.7            # the exact flow dz/dt = A z: Z_r = Z_t exp(A (r - t))
+
+
+class Net(torch.nn.Module):
+    """A small smooth network v(x, t) or v(x, t, c), float64."""
+
+    def __init__(self, extra=0, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(torch.nn.Linear(3 + extra, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).double()
+
+    def forward(self, x, t, c=None):
+        cols = [x, t[:, None]] + ([] if c is None else [c[:, None]])
+        return self.net(torch.cat(cols, 1))
+
+
+def batch(n=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64) + 2
+
+
+# ---- consistency models ------------------------------------------------------------------------------
+
+def test_the_consistency_function_meets_its_boundary_condition_at_the_data_end():
+    f, (x, _) = Net(), batch()
+    assert torch.equal(consistency_fn(f, x, 1.0), x)                         # f(x, 1) = x, whatever F is
+    assert torch.allclose(consistency_fn(f, x, 0.0), x + f(x, torch.zeros(len(x), dtype=x.dtype)))
+
+
+@pytest.mark.parametrize("kind", ["cd", "ct"])
+def test_consistency_loss_is_the_formula_written_out(kind):
+    model, target, teacher, (x0, x1), n = Net(seed=0), Net(seed=1), Net(seed=2), batch(), 7
+    got = consistency_loss(model, target, x0, x1, n, teacher if kind == "cd" else None,
+                           generator=torch.Generator().manual_seed(5))
+    k = torch.randint(0, n, (len(x0),), generator=torch.Generator().manual_seed(5)).double()
+    t, t1 = k / n, (k + 1) / n
+    xt = t[:, None] * x1 + (1 - t[:, None]) * x0
+    x_hat = xt + (1 / n) * teacher(xt, t) if kind == "cd" else t1[:, None] * x1 + (1 - t1[:, None]) * x0
+    want = ((xt + (1 - t[:, None]) * model(xt, t)) - (x_hat + (1 - t1[:, None]) * target(x_hat, t1))).pow(2).mean()
+    assert torch.allclose(got, want, rtol=1e-12), (float(got), float(want))
+
+
+def test_consistency_distillation_on_one_interval_is_one_step_distillation_of_the_teacher():
+    """N = 1: the target f^-(X_hat, 1) = X_hat = X_0 + v_T(X_0, 0) (the boundary), whatever theta^- is."""
+    model, teacher, (x0, x1) = Net(seed=0), Net(seed=2), batch()
+    zero = torch.zeros(len(x0), dtype=x0.dtype)
+    got = consistency_loss(model, Net(seed=9), x0, x1, 1, teacher)
+    assert torch.allclose(got, (model(x0, zero) - teacher(x0, zero)).pow(2).mean(), rtol=1e-12)
+
+
+def test_ct_schedule_and_multistep_sampling():
+    assert ct_schedule(0, 1000) == 2 and ct_schedule(1000, 1000) == 151
+    assert all(ct_schedule(k, 1000) <= ct_schedule(k + 1, 1000) for k in range(1000))
+    f, (x0, _) = Net(), batch()
+    assert torch.equal(consistency_sample(f, x0, 1), consistency_fn(f, x0, 0.0))
+    g = torch.Generator().manual_seed(3)
+    two = consistency_sample(f, x0, 2, generator=g)
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3)).double()     # drawn in float32
+    assert torch.allclose(two, consistency_fn(f, 0.5 * consistency_fn(f, x0, 0.0) + 0.5 * z, 0.5))
+
+
+# ---- MeanFlow ----------------------------------------------------------------------------------------
+
+def exact_average_velocity(z, t, r):
+    """u(z, t, r) of dz/dt = A z: (Z_r - Z_t) / (r - t) = z (exp(A (r - t)) - 1) / (r - t); A z at r = t."""
+    h = (r - t)[:, None]
+    safe = torch.where(h.abs() < 1e-12, torch.ones_like(h), h)
+    return torch.where(h.abs() < 1e-12, A * z, z * torch.expm1(A * h) / safe)
+
+
+def test_the_meanflow_identity_holds_for_the_exact_average_velocity():
+    """u = v + (r - t) du/dt with du/dt the jvp along (v, 1, 0): the exact u is its own target."""
+    z, _ = batch()
+    g = torch.Generator().manual_seed(2)
+    t = torch.rand(len(z), generator=g, dtype=torch.float64) * 0.5
+    r = t + torch.rand(len(z), generator=g, dtype=torch.float64) * 0.5
+    u, target = meanflow_target(exact_average_velocity, z, t, r, A * z)
+    assert torch.allclose(u, target, atol=1e-10), float((u - target).abs().max())
+    # the jvp equals central finite differences of u along the flow, for any network
+    net, eps = Net(extra=1), 1e-6
+    v = torch.randn(z.shape, generator=g, dtype=torch.float64)
+    u, target = meanflow_target(net, z, t, r, v)
+    fd = (net(z + eps * v, t + eps, r) - net(z - eps * v, t - eps, r)) / (2 * eps)
+    assert torch.allclose(target, v + (r - t)[:, None] * fd, atol=1e-7)
+
+
+def test_meanflow_at_r_equal_t_is_the_rectified_flow_loss_and_samples_on_its_grid():
+    net, (x0, x1) = Net(extra=1), batch()
+    g = torch.Generator().manual_seed(4)
+    got = meanflow_loss(net, x0, x1, generator=g, equal_fraction=1.0)
+    g = torch.Generator().manual_seed(4)
+    t = torch.minimum(torch.rand(len(x0), generator=g), torch.rand(len(x0), generator=g)).double()  # float32 draws
+    xt = t[:, None] * x1 + (1 - t[:, None]) * x0
+    assert torch.allclose(got, (net(xt, t, t) - (x1 - x0)).pow(2).mean(), rtol=1e-12)
+    one = meanflow_sample(exact_average_velocity, x0, 1)
+    assert torch.allclose(one, x0 * math.exp(A), atol=1e-12)             # one step of the exact u is exact
+    assert torch.allclose(meanflow_sample(exact_average_velocity, x0, 4), one, atol=1e-12)
+
+
+# ---- shortcut models ---------------------------------------------------------------------------------
+
+def exact_shortcut(x, t, d):
+    """The exact step of size d of dz/dt = A z, as a velocity: x (exp(A d) - 1) / d; A x at d = 0."""
+    dd = d[:, None]
+    return torch.where(dd == 0, A * x, x * torch.expm1(A * dd) / torch.where(dd == 0, torch.ones_like(dd), dd))
+
+
+def test_the_shortcut_target_is_the_mean_of_two_half_steps():
+    net, (x, _) = Net(extra=1), batch()
+    t = torch.full((len(x),), 0.25, dtype=torch.float64)
+    d = torch.full_like(t, 0.125)
+    s1 = net(x, t, d)
+    want = (s1 + net(x + 0.125 * s1, t + 0.125, d)) / 2
+    assert torch.allclose(shortcut_target(net, x, t, d, finest=1 / 128), want, rtol=1e-12)
+    # the exact shortcut is self-consistent at every level; below the finest level the flow (d = 0) steps
+    for two_d in levels(8):
+        d = torch.full_like(t, two_d / 2)
+        target = shortcut_target(exact_shortcut, x, t, d, finest=1 / 8)
+        if two_d / 2 >= 1 / 8:
+            assert torch.allclose(target, exact_shortcut(x, t, 2 * d), atol=1e-12), two_d
+        else:                                                  # two Euler half steps of the flow
+            h = two_d / 2
+            assert torch.allclose(target, x * ((1 + A * h) ** 2 - 1) / (2 * h), atol=1e-12)
+
+
+def test_shortcut_levels_loss_and_sampling():
+    assert levels(8) == [0.125, 0.25, 0.5, 1.0]
+    with pytest.raises(ValueError, match="power of two"):
+        levels(12)
+    net, (x0, x1) = Net(extra=1), batch()
+    g = torch.Generator().manual_seed(6)
+    got = shortcut_loss(net, x0, x1, generator=g, consistency_fraction=0.0)
+    t = torch.rand(len(x0), generator=torch.Generator().manual_seed(6)).double()
+    xt = t[:, None] * x1 + (1 - t[:, None]) * x0
+    assert torch.allclose(got, (net(xt, t, torch.zeros_like(t)) - (x1 - x0)).pow(2).mean(), rtol=1e-12)
+    assert torch.isfinite(shortcut_loss(net, x0, x1, generator=g))
+    for n in (1, 2, 8):                                        # the exact shortcut is exact at any step count
+        assert torch.allclose(shortcut_sample(exact_shortcut, x0, n), x0 * math.exp(A), atol=1e-12)
+
+
+# ---- progressive distillation ------------------------------------------------------------------------
+
+def test_progressive_target_is_two_teacher_euler_steps():
+    teacher, (x, _) = (lambda z, t: A * z), batch()
+    t = torch.zeros(len(x), dtype=torch.float64)
+    h = 1 / 8
+    assert torch.allclose(two_teacher_steps(teacher, x, t, 8), x * ((1 + A * h) ** 2 - 1) / (2 * h), atol=1e-12)
+    net, teacher_net, (x0, x1) = Net(seed=0), Net(seed=3), batch()
+    got = progressive_loss(net, teacher_net, x0, x1, 8, generator=torch.Generator().manual_seed(7))
+    k = torch.randint(0, 4, (len(x0),), generator=torch.Generator().manual_seed(7)).double()
+    t = 2 * k / 8
+    xt = t[:, None] * x1 + (1 - t[:, None]) * x0
+    x_a = xt + h * teacher_net(xt, t)
+    x_b = x_a + h * teacher_net(x_a, t + h)
+    assert torch.allclose(got, (net(xt, t) - (x_b - xt) / (2 * h)).pow(2).mean(), rtol=1e-12)
+
+
+def test_the_toy_mlp_takes_an_extra_input_for_r_or_d():
+    m = VelocityMLP(extra=1)
+    x, t = torch.randn(5, 2), torch.rand(5)
+    assert m(x, t, t).shape == (5, 2)
+    assert copy.deepcopy(VelocityMLP())(x, t).shape == (5, 2)
