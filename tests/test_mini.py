@@ -148,6 +148,9 @@ def test_default_run_tells_the_instaflow_story(tmp_path):
     assert m["teacher, 1 step"]["fidelity"] <= 0.2                                # one teacher step fails
     assert m["distilled 2-RF, 1 step"]["fidelity"] >= 0.9                         # one student step works
     assert m["distilled 2-RF, 1 step"]["mse_to_teacher"] < m["2-RF, 1 step"]["mse_to_teacher"]
+    assert m["distilled 2-RF, 1 step"]["fd"] < m["2-RF, 1 step"]["fd"]             # and the distribution shows it
+    models = [k for k, v in m.items() if isinstance(v, dict) and "steps" in v]
+    assert all(m[k]["fd"] > 2 * m["held-out renders"]["fd"] for k in models)      # far above the floor
     inv, ed = m["inversion"], m["edit"]
     assert inv["2-RF"]["1"] < inv["teacher (CFG 1)"]["1"] / 10                  # straight flows invert in few steps
     assert all(inv["2-RF"][n] < min(inv["teacher (CFG 1)"][n], inv["teacher (CFG 3)"][n]) for n in inv["2-RF"])
