@@ -7,6 +7,7 @@
     reflow   rectification, reflow pairs (Algorithm 1)
     distill  one-step / k-step students (Algorithm 1, "Distill")
     metrics  straightness S(Z) and exact W2 between sample sets
+    consistency, meanflow, shortcut, progressive   the other few-step families (import them by module)
 """
 from .couplings import independent_coupling, minibatch_ot_pairs, pairs_coupling
 from .distill import distill_loss, mse, train_student

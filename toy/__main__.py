@@ -20,7 +20,8 @@ import torch
 from rectflow.checks import HelpFormatter, writable
 
 from .datasets import DATASETS
-from .compare import CompareConfig, run_compare
+from .compare import ALL, CompareConfig, run_compare
+from .few_step import FEW_STEP
 from .compare import __doc__ as compare_doc
 from .experiment import Config, run
 from .plots import FAST_NOTE, plot_inversion, plot_samples, plot_straightness, plot_trajectories, plot_w2_vs_steps
@@ -55,6 +56,8 @@ def build_parser(compare=False):
     if compare:
         p.add_argument("--ot-block", type=positive_int, default=256,
                        help="rows per exact assignment of the minibatch-OT coupling")
+        p.add_argument("--methods", default="all", help="comma-separated methods to run (with the flows they "
+                       "start from): " + ", ".join(ALL) + "; or all")
     else:
         p.add_argument("--reflows", type=positive_int, default=1, help="1: 2-RF, 2: 3-RF, ...")
     p.add_argument("--fast", action="store_true", help="a smoke run of seconds (nothing converges; its numbers mean "
@@ -146,6 +149,11 @@ def format_compare_table(metrics):
         row += "".join(f"{m['w2'][k]:>8.3f}" if k in m["w2"] else f"{'-':>8}" for k in steps)
         row += f"{m['grad_steps']:>11}{m['ode_evals']:>11.2e}{m['assign_s']:>9.1f}{m['cost_s']:>8.1f}"
         lines.append(row)
+    few = {name: m for name, m in metrics["stages"].items() if "needs" in m}
+    if few:
+        lines.append("few-step methods: what they need, teacher evaluations and jvp calls spent in training:")
+        lines += [f"  {name:<12} {m['needs']}; teacher evals {m['teacher_evals']:.2e}, jvp calls {m['jvp_calls']}"
+                  for name, m in few.items()]
     lines.append("best W2 at each number of Euler steps: "
                  + ", ".join(f"{n}: {name}" for n, name in metrics["best"].items()))
     lines.append(f"W2 between two target sets (floor of the estimate): {metrics['w2_floor']:.3f}")
@@ -154,7 +162,14 @@ def format_compare_table(metrics):
 
 def main_compare(argv):
     args = parse_args(argv, compare=True)
-    res = timed_run(run_compare, config_of(args, CompareConfig, ot_block=args.ot_block))
+    methods = () if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    try:
+        cfg = config_of(args, CompareConfig, ot_block=args.ot_block, methods=methods)
+        cfg.validate()
+    except ValueError as e:
+        print(f"error: --methods {args.methods}: {e}", file=sys.stderr)
+        return 2
+    res = timed_run(run_compare, cfg)
     res.metrics["fast"] = args.fast
     note = FAST_NOTE if args.fast else None
     args.out.mkdir(parents=True, exist_ok=True)
@@ -163,9 +178,12 @@ def main_compare(argv):
     plot_w2_vs_steps(res, args.out / "w2_vs_steps.png", note=note)
     plot_straightness(res, args.out / "straightness.png", title="straightness of each flow", note=note)
     plot_trajectories(res, args.out / "trajectories.png", note=note)
+    few = [m for m in ("1-rf", "2-rf-distilled", *FEW_STEP) if m in res.metrics["stages"]]
+    plot_samples(res, args.out / "few_step_samples.png", note=note, stages=few, steps=[1, 2, 4, 16],
+                 title="few-step methods: samples after N steps of each method's own rule (colour) over the target (grey)")
     print(fast_banner(args.fast) + format_compare_table(res.metrics))
     print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {peak_rss_gb():.2f} GB; wrote compare.json, "
-          f"samples.npz, w2_vs_steps.png, straightness.png, trajectories.png to {args.out}")
+          f"samples.npz, w2_vs_steps.png, straightness.png, trajectories.png, few_step_samples.png to {args.out}")
     return 0
 
 

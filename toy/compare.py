@@ -14,13 +14,15 @@ for a student), on the same dataset, and scored on the same quasi-random evaluat
     2-rf            linear         pairs (Z_0, Z_1) of 1-rf (reflow)           1-rf
     ot-2-rf         linear         pairs of ot (reflow after minibatch OT)     ot
     <flow>-distilled one Euler step, distilled on the pairs of <flow>          <flow>
+    cd, ct, meanflow, shortcut, progressive: the few-step families (toy/few_step.py)
 
 The reflow and OT couplings are pools of `n_pairs` pairs (20 000 by default) drawn once, as
 `python -m toy` does for reflow; the students of 1-rf and ot reuse the pairs their reflow was
 trained on. 1-rf, 2-rf and 2-rf-distilled are the very runs of `python -m toy` (same seeds, same
 numbers). Each method's cost is what it takes from scratch, its ancestors included: gradient
 steps, velocity evaluations spent simulating pairs (RK4: 4 per step), seconds of assignment, and
-wall-clock seconds of all that (evaluation excluded).
+wall-clock seconds of all that (evaluation excluded); the few-step rows add the teacher evaluations
+and jvp calls they spend. --methods a,b,c runs a subset (with the flows they start from).
 """
 import copy
 import time
@@ -32,6 +34,7 @@ import rectflow as rf
 from rectflow.checks import positive_int
 
 from .experiment import Bench, Config
+from .few_step import FEW_STEP, score_few_step, train_few_step
 
 # name: (interpolation path, coupling, parent). Coupling "independent" / "ot" trains a flow from
 # fresh weights; "pairs" trains a flow on the parent's pairs (reflow); "distill" a one-step student.
@@ -48,16 +51,35 @@ METHODS = {
     "2-rf-distilled": (None, "distill", "2-rf"),
 }
 PAIR_SEEDS = {"1-rf": 1, "2-rf": 2, "ot": 3}      # the k of Bench.pairs (1-RF's and 2-RF's as in run)
+ALL = list(METHODS) + list(FEW_STEP)
+
+
+def parent_of(name):
+    return METHODS[name][2] if name in METHODS else FEW_STEP[name][0]
+
+
+def with_ancestors(names):
+    """The methods to run for `names`: each with the flows it starts from, in the table's order."""
+    need = set()
+    for n in names:
+        while n is not None:
+            need.add(n)
+            n = parent_of(n)
+    return [n for n in ALL if n in need]
 
 
 @dataclass
 class CompareConfig(Config):
     steps: tuple = (1, 2, 4, 8, 16, 100)
     ot_block: int = 256           # rows per exact assignment of the minibatch-OT coupling
+    methods: tuple = ()           # a subset of ALL (empty: all), run with their ancestors
 
     def validate(self):
         super().validate()
         positive_int(self.ot_block, "ot_block")
+        unknown = [m for m in self.methods if m not in ALL]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(ALL)} (or all)")
 
 
 def run_compare(cfg: CompareConfig):
@@ -81,7 +103,10 @@ def run_compare(cfg: CompareConfig):
             pair_cost[name] = (cfg.n_pairs * cfg.pair_steps * 4, time.perf_counter() - t0)
         return pairs[name]
 
+    run = with_ancestors(cfg.methods or ALL)
     for name, (path, coupling, parent) in METHODS.items():
+        if name not in run:
+            continue
         if coupling in ("independent", "ot"):
             t0, assign = time.perf_counter(), 0.0
             model = b.new_model()
@@ -111,9 +136,21 @@ def run_compare(cfg: CompareConfig):
         account(name, parent, time.perf_counter() - t0, iters)
         flow = coupling == "pairs"
         b.score(name, model, cfg.steps if flow else (1,), flow=flow)
+    extra = {}
+    for name in (n for n in FEW_STEP if n in run):
+        parent = FEW_STEP[name][0]
+        t0 = time.perf_counter()
+        model, (steps, teacher_evals, jvps), rounds = train_few_step(name, b, models.get(parent))
+        base = cost.get(parent, {"grad_steps": 0, "ode_evals": 0, "assign_s": 0.0, "cost_s": 0.0})
+        cost[name] = {**base, "grad_steps": base["grad_steps"] + steps,
+                      "cost_s": round(base["cost_s"] + time.perf_counter() - t0, 2)}
+        extra[name] = {"teacher_evals": teacher_evals, "jvp_calls": jvps, "needs": FEW_STEP[name][2]}
+        score_few_step(name, b, model, rounds)
     res = b.finish()
-    for name, (path, coupling, parent) in METHODS.items():
-        res.metrics["stages"][name].update(path=path, coupling=coupling, parent=parent, **cost[name])
+    for name in run:
+        path, coupling, parent = METHODS[name] if name in METHODS else ("linear", FEW_STEP[name][1], FEW_STEP[name][0])
+        res.metrics["stages"][name].update(path=path, coupling=coupling, parent=parent, **cost[name],
+                                           **extra.get(name, {}))
     res.metrics["best"] = best_per_steps(res.metrics["stages"], cfg.steps)
     return res
 

@@ -64,11 +64,11 @@ class Result:
     trajectories: dict = field(default_factory=dict)  # stage -> [steps + 1, m, 2]
 
 
-def evaluate(model, z0, target, cfg, steps):
-    """W2 of N-step Euler samples for each N in `steps`, and the samples themselves."""
+def evaluate(model, z0, target, cfg, steps, sampler=None):
+    """W2 of N-step samples for each N in `steps` (Euler, or `sampler(model, z0, N)`), and the samples."""
     w2s, samples = {}, {}
     for n in steps:
-        x = rf.euler(model, z0, n).cpu()
+        x = (rf.euler(model, z0, n) if sampler is None else sampler(model, z0, n)).cpu()
         samples[n] = x.numpy()
         w2s[str(n)] = rf.w2(x[:cfg.n_eval], target[:cfg.n_eval])
     return w2s, samples
@@ -97,10 +97,11 @@ class Bench:
                                 w2_floor=rf.w2(self.target[:cfg.n_eval], target_b[:cfg.n_eval]))
         self.fit_kw = dict(batch_size=cfg.batch_size, lr=cfg.lr, progress=cfg.progress)
 
-    def new_model(self):
-        """A fresh velocity MLP, initialised from the run's seed (the same weights every time)."""
+    def new_model(self, extra=0):
+        """A fresh velocity MLP, initialised from the run's seed (the same weights every time); `extra`
+        inputs for MeanFlow's r or a shortcut model's d."""
         torch.manual_seed(self.cfg.seed)
-        return VelocityMLP(hidden=self.cfg.hidden, depth=self.cfg.depth).to(self.dev)
+        return VelocityMLP(hidden=self.cfg.hidden, depth=self.cfg.depth, extra=extra).to(self.dev)
 
     def timed(self, key, fn):
         t0 = time.perf_counter()
@@ -108,15 +109,17 @@ class Bench:
         self.secs[key] = time.perf_counter() - t0
         return out
 
-    def score(self, name, model, steps, flow=True):
-        """W2 at each step count in `steps`; for a flow also S(Z) and 300 Euler trajectories."""
+    def score(self, name, model, steps, flow=True, sampler=None, velocity=None):
+        """W2 at each step count in `steps` (Euler, or `sampler(model, z, N)`); for a flow (or a model with
+        a `velocity` v(x, t)) also S(Z) and 300 Euler trajectories."""
         t0 = time.perf_counter()
         z = self.z_eval.to(self.dev)
-        w2s, samples = evaluate(model, z, self.target, self.cfg, steps)
+        w2s, samples = evaluate(model, z, self.target, self.cfg, steps, sampler)
         entry = {"w2": w2s}
-        if flow:
-            entry = {"straightness": rf.straightness(model, z, self.cfg.straightness_steps), **entry}
-            self.res.trajectories[name] = rf.euler(model, z[:300], self.cfg.straightness_steps,
+        v = model if velocity is None and flow else velocity
+        if v is not None:
+            entry = {"straightness": rf.straightness(v, z, self.cfg.straightness_steps), **entry}
+            self.res.trajectories[name] = rf.euler(v, z[:300], self.cfg.straightness_steps,
                                                    return_trajectory=True).cpu().numpy()
         self.stages[name] = entry
         self.res.samples.update({f"{name}_{n}": x for n, x in samples.items()})

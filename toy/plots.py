@@ -19,9 +19,12 @@ def _limits(ax, target):
 FAST_NOTE = "FAST MODE (a smoke run): these figures mean nothing"
 
 
-def plot_samples(res, path=None, note=None):
-    """Rows: stages; columns: Euler steps. Grey: target samples; colour: the model's samples."""
-    stages, steps = list(res.metrics["stages"]), list(res.config.steps)
+def plot_samples(res, path=None, note=None, stages=None, steps=None,
+                 title="samples of each model after N Euler steps (colour) over samples of the target (grey)"):
+    """Rows: stages; columns: Euler steps (or each method's own N-step rule). Grey: target samples;
+    colour: the model's samples. `stages` / `steps` pick a subset."""
+    stages = list(res.metrics["stages"]) if stages is None else stages
+    steps = list(res.config.steps) if steps is None else steps
     target = res.samples["target"]
     fig, axes = plt.subplots(len(stages), len(steps), figsize=(2.6 * len(steps), 2.6 * len(stages) + 0.5),
                              squeeze=False)
@@ -38,8 +41,8 @@ def plot_samples(res, path=None, note=None):
             ax.set_title(f"{stage}, {n} step{'s' * (n > 1)}\nW2 = {res.metrics['stages'][stage]['w2'][str(n)]:.2f}",
                          fontsize=9)
             _limits(ax, target)
-    fig.suptitle("samples of each model after N Euler steps (colour) over samples of the target (grey)", fontsize=10)
-    return _save(fig, path, note)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path, note, title_inches=0.35)
 
 
 def plot_trajectories(res, path=None, cols=4, note=None):
@@ -82,11 +85,13 @@ def plot_w2_vs_steps(res, path=None, note=None):
         steps = sorted(int(n) for n in m["w2"])
         vals = [m["w2"][str(n)] for n in steps]
         style = dict(marker="o", ms=4) if len(steps) > 1 else dict(marker="*", ms=11, ls="none")
+        if i >= 10 and len(steps) > 1:                  # past ten colours (the few-step rows): dashed
+            style.update(ls="--", marker="s")
         ax.plot(steps, vals, label=name, color=f"C{i % 10}", **style)
     ax.axhline(floor, color="0.5", ls=":", lw=1, label=f"floor ({floor:.2f})")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("Euler steps N")
+    ax.set_xlabel("steps N (Euler; the few-step methods: their own N-step rule)")
     ax.set_ylabel("W2 to the target (log)")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(f"W2 from N-step samples to the target (dataset {res.metrics['dataset']!r}; lower is better)",
@@ -109,8 +114,9 @@ def plot_inversion(res, path=None, note=None):
     return _save(fig, path, note)
 
 
-def _save(fig, path, note=None):
-    fig.tight_layout()
+def _save(fig, path, note=None, title_inches=0.0):
+    """Lay out (leaving `title_inches` at the top for a suptitle), add the note, save and close."""
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_inches / fig.get_size_inches()[1]))
     if note:                                  # in the bottom margin, after the layout: nothing moves
         w, h = fig.get_size_inches()
         fig.set_size_inches(w, h + 0.3)

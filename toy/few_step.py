@@ -1,0 +1,100 @@
+"""The few-step families on the comparison bench (`python -m toy compare`): how each is trained on the
+toy, sampled with N steps, and what it costs. The objectives are rectflow's (one file each).
+
+    method       family (rectflow/)                 starts from   gradient steps            N-step sampler
+    cd           consistency distillation           1-rf          1-rf's + distill_iters    multistep consistency
+                 (consistency.py; teacher 1-rf)                                             sampling, fresh noise
+    ct           consistency training               fresh         iters + distill_iters     the same
+    meanflow     MeanFlow (meanflow.py)             fresh         iters + distill_iters     N average-velocity steps
+    shortcut     shortcut model (shortcut.py)       fresh         iters + distill_iters     N steps told d = 1/N
+                                                                                            (N a power of 2 <= 128)
+    progressive  progressive distillation           1-rf          1-rf's + distill_iters    the N-step student of
+                 (progressive.py; 16 -> 8 -> 4 -> 2 -> 1, distill_iters / 4 per round)      its round (N <= 8)
+
+Every method gets the budget of 1-rf + its student (2 x 3000 gradient steps by default), the same MLP
+(with one more input for MeanFlow's r and the shortcut's d), batch and learning rate. CD and CT keep
+an EMA copy of the weights as the target (decay 0.95; CD on a fixed grid of 18 intervals, CT on the
+original paper's growing grid). MeanFlow and the shortcut model also have a velocity (u(x, t, t),
+s(x, t, 0)): their straightness is measured on it.
+"""
+import copy
+
+import torch
+
+import rectflow as rf
+from rectflow.consistency import consistency_sample, train_consistency
+from rectflow.meanflow import meanflow_sample, train_meanflow
+from rectflow.progressive import train_progressive
+from rectflow.shortcut import shortcut_sample, train_shortcut
+
+from .experiment import evaluate
+
+# name: (parent flow or None, label for the table, what it needs beyond a flow)
+FEW_STEP = {
+    "cd": ("1-rf", "CD (1-rf)", "a teacher flow, an EMA copy"),
+    "ct": (None, "CT", "an EMA copy"),
+    "meanflow": (None, "MeanFlow", "a jvp per batch"),
+    "shortcut": (None, "shortcut", "2 extra forward passes per self-consistency sample"),
+    "progressive": ("1-rf", "PD (1-rf)", "a teacher flow per round, 4 rounds"),
+}
+CD_INTERVALS, EMA, PD_START, SHORTCUT_M = 18, 0.95, 16, 128
+
+
+def train_few_step(name, b, teacher):
+    """Train method `name` on the bench `b` (teacher: the parent flow, or None). Returns (model, stage
+    cost: gradient steps of this stage, teacher evaluations, jvp calls), then scores it on `b`."""
+    cfg, fit_kw = b.cfg, b.fit_kw
+    draw = rf.independent_coupling(b.ds.sample0, b.ds.sample1)
+    budget = cfg.iters + cfg.distill_iters
+    n = cfg.batch_size
+    rounds = {}
+    if name == "cd":
+        model = copy.deepcopy(teacher)
+        train_consistency(model, draw, cfg.distill_iters, teacher=teacher, n_intervals=CD_INTERVALS, ema=EMA,
+                          seed=cfg.seed + 400, desc=name, **fit_kw)
+        cost = (cfg.distill_iters, cfg.distill_iters * n, 0)
+    elif name == "ct":
+        model = b.new_model()
+        train_consistency(model, draw, budget, ema=EMA, seed=cfg.seed + 401, desc=name, **fit_kw)
+        cost = (budget, 0, 0)
+    elif name == "meanflow":
+        model = b.new_model(extra=1)
+        train_meanflow(model, draw, budget, seed=cfg.seed + 402, desc=name, **fit_kw)
+        cost = (budget, 0, budget)
+    elif name == "shortcut":
+        model = b.new_model(extra=1)
+        train_shortcut(model, draw, budget, m=SHORTCUT_M, seed=cfg.seed + 403, desc=name, **fit_kw)
+        cost = (budget, 0, 0)
+    elif name == "progressive":
+        model = copy.deepcopy(teacher)
+        per_round = max(1, cfg.distill_iters // 4)
+        train_progressive(model, draw, per_round, PD_START, seed=cfg.seed + 404, desc=name,
+                          on_round=lambda steps, m: rounds.__setitem__(steps, copy.deepcopy(m)), **fit_kw)
+        cost = (4 * per_round, 4 * per_round * n * 2, 0)
+    else:
+        raise ValueError(f"unknown few-step method {name!r}: {', '.join(FEW_STEP)}")
+    return model, cost, rounds
+
+
+def score_few_step(name, b, model, rounds):
+    """W2 at the step counts each method can take (its own N-step rule), straightness where it has a velocity."""
+    steps = b.cfg.steps
+    if name in ("cd", "ct"):
+        def sampler(m, z, k):
+            return consistency_sample(m, z, k, generator=torch.Generator().manual_seed(b.cfg.seed + 300 + k))
+        return b.score(name, model, steps, flow=False, sampler=sampler)
+    if name == "meanflow":
+        return b.score(name, model, steps, sampler=meanflow_sample, velocity=lambda x, t: model(x, t, t))
+    if name == "shortcut":
+        powers = tuple(k for k in steps if k <= SHORTCUT_M and k & (k - 1) == 0)
+        return b.score(name, model, powers, sampler=shortcut_sample,
+                       velocity=lambda x, t: model(x, t, torch.zeros_like(t)))
+    entry = b.score(name, model, (1,), flow=False)                       # progressive: the final student...
+    z = b.z_eval.to(b.dev)
+    for k, student in sorted(rounds.items()):                            # ...and each round's, at its N
+        if k > 1 and k in steps:
+            w2s, samples = evaluate(student, z, b.target, b.cfg, (k,))
+            entry["w2"].update(w2s)
+            b.res.samples.update({f"{name}_{n}": x for n, x in samples.items()})
+    entry["w2"] = dict(sorted(entry["w2"].items(), key=lambda kv: int(kv[0])))
+    return entry
