@@ -65,7 +65,7 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
              "distilled 2-RF, 1 step"]
     assert list(m)[1:9] == names + ["held-out renders"] and m["teacher, 4 steps"]["mse_to_teacher"] == 0   # the reference
     floor = m["held-out renders"]
-    assert floor["fd"] > 0 and 0 <= floor["caption_score"] <= 1 and floor["fidelity"] == 1.0
+    assert floor["fd"] > 0 and 0 <= floor["caption_score"] <= 1 and floor["judge"] == 1.0
     assert all(m[k]["fd"] > 0 and 0 <= m[k]["caption_score"] <= 1 for k in names)
     for k in names:                   # fidelity = colour and position both right: a count over 16 samples
         f = m[k]["fidelity"]

@@ -43,7 +43,7 @@ def main(argv=None):
             print(f"{name:28s} {r['steps']:5d} {r['fidelity']:9.3f} {r['colour']:7.3f} {r['position']:9.3f} "
                   f"{r['mse_to_teacher']:15.4f} {r['fd']:8.2f} {r['caption_score']:14.3f}")
     h = m["held-out renders"]
-    print(f"{'held-out renders (floor)':28s} {'':5s} {h['fidelity']:9.3f} {'':7s} {'':9s} {'':15s} {h['fd']:8.2f} "
+    print(f"{'held-out renders (floor)':28s} {'':5s} {h['judge']:9.3f} {'':7s} {'':9s} {'':15s} {h['fd']:8.2f} "
           f"{h['caption_score']:14.3f}  (feature net's accuracy {h['feature_net_accuracy']:.3f})")
     print("straightness:", json.dumps({k: round(v, 3) for k, v in m["straightness"].items()}))
     for name, r in m["controlnet"].items():

@@ -250,7 +250,8 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
                             "caption_score": features.caption_score(feature_net, imgs, eval_caps)}
             if key in in_grid:
                 shown[key] = imgs[:8]
-        metrics["held-out renders"] = {"fidelity": shapes.fidelity(renders2, eval_caps),
+        # (the judge's score is "judge" here, not "fidelity": readers that list the models by "fidelity" skip it)
+        metrics["held-out renders"] = {"judge": shapes.fidelity(renders2, eval_caps),
                                        "fd": features.frechet(feature_net, renders2, renders),   # the floor
                                        "caption_score": features.caption_score(feature_net, renders2, eval_caps),
                                        "feature_net_accuracy": features.accuracy(feature_net, renders2, eval_caps)}
