@@ -27,8 +27,8 @@ The network is called as u(z, t, r), i.e. a model v(x, t, cond) with cond = r.
 import torch
 from torch.func import jvp
 
-from .checks import positive_int
 from .flow import _expand_time, interpolate, velocity_target
+from .ode import euler
 from .train import fit_coupling
 
 
@@ -65,12 +65,7 @@ def train_meanflow(model, coupling, iters, batch_size=1024, seed=0, equal_fracti
     return fit_coupling(model, coupling, loss, iters, batch_size, seed, desc=desc, **fit_kwargs)
 
 
-@torch.no_grad()
 def meanflow_sample(model, x0, steps=1):
-    """N average-velocity steps: Z_{t_{k+1}} = Z_{t_k} + (1/N) u(Z_{t_k}, t_k, t_{k+1})."""
-    positive_int(steps, "steps")
-    x = x0
-    for k in range(steps):
-        t = torch.full((x.shape[0],), k / steps, dtype=x.dtype, device=x.device)
-        x = x + model(x, t, t + 1 / steps) / steps
-    return x
+    """N average-velocity steps: Z_{t_{k+1}} = Z_{t_k} + (1/N) u(Z_{t_k}, t_k, t_{k+1}), i.e. Euler
+    (rectflow.ode) on the field u(z, t, t + 1/N)."""
+    return euler(lambda z, t: model(z, t, t + 1 / steps), x0, steps)
