@@ -23,13 +23,14 @@ Sampling (Algorithm 1): X_1 = f(X_0, 0); for N steps, at t_k = k / N (k = 1 .. N
 sent back to time t_k with fresh noise, X_{t_k} = t_k X_1 + (1 - t_k) Z, and mapped again: X_1 = f(X_{t_k}, t_k).
 """
 import copy
+import itertools
 import math
 
 import torch
 
 from .checks import positive_int
 from .flow import _expand_time, call_velocity, interpolate
-from .train import fit
+from .train import fit_coupling
 
 
 def consistency_fn(model, x, t, cond=None):
@@ -76,16 +77,14 @@ def train_consistency(model, coupling, iters, teacher=None, n_intervals=18, ema=
     """CD (with `teacher`, on a fixed grid of `n_intervals`) or CT (without; the grid grows by
     `ct_schedule` when ct_growth) on batches of `coupling` (independent noise and data). Returns losses."""
     target = copy.deepcopy(model).requires_grad_(False)
-    gen = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
+    step = itertools.count()                          # fit_coupling calls the loss once per iteration
 
-    def loss_on_batch(m, i):
+    def loss(m, x0, x1, cond, gen):
+        i = next(step)
         ema_update(target, m, ema)                    # the EMA of the weights after step i - 1
-        x0, x1, cond = coupling(batch_size, gen)
         n = ct_schedule(i, iters) - 1 if teacher is None and ct_growth else n_intervals
-        return consistency_loss(m, target, x0.to(device), x1.to(device), n, teacher,
-                                None if cond is None else cond.to(device), gen)
-    return fit(model, loss_on_batch, iters, desc=desc, **fit_kwargs)
+        return consistency_loss(m, target, x0, x1, n, teacher, cond, gen)
+    return fit_coupling(model, coupling, loss, iters, batch_size, seed, desc=desc, **fit_kwargs)
 
 
 @torch.no_grad()
