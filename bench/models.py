@@ -44,13 +44,18 @@ def tokenizer():
         return Tokenizer(byte_vocab(), [])
 
 
+def merges_text(tok):
+    """The merges.txt of `tok`: a header, then one merge per line. No blank line when there are no merges
+    (the byte-level vocabulary): transformers 5.17's tokenizers reject one (found on the first GPU lease)."""
+    return "".join(line + "\n" for line in ["#version: 0.2"] + [" ".join(m) for m in sorted(tok.ranks, key=tok.ranks.get)])
+
+
 def reference_tokenizer(tok):
     """transformers' CLIPTokenizer with the same vocabulary and merges as our tokenizer `tok`."""
     import transformers
     with tempfile.TemporaryDirectory() as d:
         Path(d, "vocab.json").write_text(json.dumps(tok.vocab))
-        merges = sorted(tok.ranks, key=tok.ranks.get)
-        Path(d, "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+        Path(d, "merges.txt").write_text(merges_text(tok))
         return transformers.CLIPTokenizer(str(Path(d, "vocab.json")), str(Path(d, "merges.txt")))
 
 
