@@ -46,13 +46,16 @@ def ct_schedule(k, total, s0=2, s1=150):
 
 
 def consistency_loss(model, target_model, x0, x1, n_intervals, teacher=None, cond=None, generator=None,
-                     loss_fn=None):
-    """d(f_theta(X_{t_n}, t_n), f_{theta^-}(X_hat_{t_{n+1}}, t_{n+1})) at a random grid index n.
+                     loss_fn=None, n=None):
+    """d(f_theta(X_{t_n}, t_n), f_{theta^-}(X_hat_{t_{n+1}}, t_{n+1})) at a random grid index n (drawn
+    from `generator` unless given, one per sample).
 
     With `teacher` (a velocity model): CD, X_hat one Euler step of the teacher. Without: CT, X_hat the
     same pair's interpolation at t_{n+1}."""
     positive_int(n_intervals, "n_intervals")
-    n = torch.randint(0, n_intervals, (x0.shape[0],), generator=generator).to(x0.device)
+    if n is None:
+        n = torch.randint(0, n_intervals, (x0.shape[0],), generator=generator)
+    n = n.to(x0.device)
     t, t_next = n.to(x0.dtype) / n_intervals, (n + 1).to(x0.dtype) / n_intervals
     xt = interpolate(x0, x1, t)
     with torch.no_grad():
@@ -88,12 +91,16 @@ def train_consistency(model, coupling, iters, teacher=None, n_intervals=18, ema=
 
 
 @torch.no_grad()
-def consistency_sample(model, x0, steps=1, cond=None, generator=None):
-    """Multistep consistency sampling (Algorithm 1) on the grid t_k = k / steps."""
+def consistency_sample(model, x0, steps=1, cond=None, generator=None, callback=None):
+    """Multistep consistency sampling (Algorithm 1) on the grid t_k = k / steps. callback(k, X_1 estimate)
+    runs after each of the `steps` evaluations."""
     positive_int(steps, "steps")
     x1 = consistency_fn(model, x0, 0.0, cond)
-    for k in range(1, steps):
+    for k in range(1, steps + 1):
+        if callback:
+            callback(k - 1, x1)
+        if k == steps:
+            return x1
         t = k / steps
         z = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         x1 = consistency_fn(model, t * x1 + (1 - t) * z, t, cond)
-    return x1

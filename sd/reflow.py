@@ -163,7 +163,7 @@ def parser():
         t.add_argument("--out", required=True, help="run folder: checkpoints/ (an existing run resumes)")
         t.set_defaults(fn=cmd_train, objective=objective, lr=lr)
         for f in fields(TrainConfig):
-            if f.name in ("objective", "lr"):
+            if f.name in ("objective", "lr", "intervals"):      # intervals: consistency only (sd.mini)
                 continue
             flag = "--" + f.name.replace("_", "-")
             if f.type is bool:

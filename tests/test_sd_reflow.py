@@ -141,6 +141,64 @@ def test_objectives_follow_their_equations():
                               (unet(noisy, k.float(), ctx) - eps).pow(2).mean(), atol=1e-6)
 
 
+def toy_teacher(x, t, c):
+    """A teacher velocity that depends on x, t and the context (the consistency tests' teacher)."""
+    return -x * (1 + t[:, None, None, None]) + c.mean()
+
+
+def test_consistency_objective_follows_lcm_equations():
+    """LCM in rectified-flow time, written out: f(x, t) = x + (1 - t) UNet(x, (1 - t) 1000, c);
+    X_hat = X_{t_n} + (1/N) v_teacher(X_{t_n}, t_n); loss = || f_theta(X_{t_n}, t_n) - f_ema(X_hat, t_{n+1}) ||^2."""
+    unet, text = tiny_models()
+    target = tiny_models(seed=1)[0]
+    d = tiny_data(4)
+    ctx = text(d["ids"])
+    x1, N = d["latents"], 5
+    rand = {"n": torch.tensor([0, 1, 3, 4]), "noise": torch.randn(4, 4, 8, 8)}
+    with torch.no_grad():
+        ours = objectives.loss("consistency", unet, None, x1, ctx, rand, teacher=toy_teacher, target=target,
+                               intervals=N)
+        t = rand["n"].float() / N
+        tn = (rand["n"] + 1).float() / N
+        b = lambda s: s[:, None, None, None]                                              # noqa: E731
+        xt = b(t) * x1 + (1 - b(t)) * rand["noise"]
+        x_hat = xt + (1 / N) * toy_teacher(xt, t, ctx)
+        pred = xt + (1 - b(t)) * unet(xt, (1 - t) * 1000, ctx)
+        goal = x_hat + (1 - b(tn)) * target(x_hat, (1 - tn) * 1000, ctx)
+        assert torch.allclose(ours, (pred - goal).pow(2).mean(), rtol=1e-5)
+        assert (pred - goal).pow(2).mean() > 1e-3                            # not zero by accident
+
+
+def test_eps_teacher_guides_like_cfg_on_the_velocities():
+    """The consistency objective's teacher: the CFG-guided eps UNet in rectified-flow time,
+    v_empty + w (v_text - v_empty) (CFG commutes with the affine eps -> velocity map), empty first."""
+    unet, text = tiny_models()
+    ctx, empty = text(tiny_data(3)["ids"]), text(torch.zeros(1, 6, dtype=torch.long))
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([0.2, 0.5, 0.8])
+    with torch.no_grad():
+        v_text = objectives.eps_teacher(unet, empty, 1.0)(x, t, ctx)
+        v_empty = objectives.eps_teacher(unet, empty, 1.0)(x, t, empty.expand(3, -1, -1))
+        guided = objectives.eps_teacher(unet, empty, 4.0)(x, t, ctx)
+    assert torch.allclose(guided, v_empty + 4.0 * (v_text - v_empty), atol=1e-4)
+    assert (v_text - v_empty).abs().max() > 1e-3
+
+
+def test_consistency_sampler_is_multistep_consistency_sampling():
+    """sample(..., "consistency"): X_1 = f(X_0, 0), then at t_k = k / N re-noised with a seed-0 CPU
+    generator and mapped again; 1 step = one Euler step of the UNet."""
+    from sd.sampling.loop import sample
+    unet, text = tiny_models()
+    ctx = text(tiny_data(2)["ids"])
+    x0 = torch.randn(2, 4, 8, 8)
+    f = lambda x, t: x + (1 - t) * unet(x, torch.full((2,), (1 - t) * 1000.0), ctx)     # noqa: E731
+    with torch.no_grad():
+        assert torch.allclose(sample(unet, ctx, x0, 1, sampler="consistency"), sample(unet, ctx, x0, 1), atol=1e-6)
+        g = torch.Generator().manual_seed(0)
+        x1 = f(x0, 0.0)
+        x1 = f(0.5 * x1 + 0.5 * torch.randn(x0.shape, generator=g), 0.5)
+        assert torch.allclose(sample(unet, ctx, x0, 2, sampler="consistency"), x1, atol=1e-5)
+
+
 def test_loss_is_pluggable_and_bad_names_are_explained():
     assert objectives.resolve_loss("torch.nn.functional:l1_loss") is torch.nn.functional.l1_loss
     with pytest.raises(ValueError, match="cannot import lpips from torch"):
@@ -154,7 +212,7 @@ def test_loss_is_pluggable_and_bad_names_are_explained():
 def run(tmp, cfg, seed=0, on_step=None, data=None):
     unet, text = tiny_models(seed)
     res = train(unet, text, data or tiny_data(), cfg, tmp, torch.zeros(1, 6, dtype=torch.long), progress=False,
-                on_step=on_step)
+                on_step=on_step, teacher=toy_teacher if cfg.objective == "consistency" else None)
     return unet, res
 
 
@@ -165,7 +223,7 @@ def test_batches_walk_through_seeded_epochs():
     assert torch.equal(batch_indices(3, 4, 10, 3), idx[12:16])
 
 
-@pytest.mark.parametrize("objective", ["reflow", "distill", "eps"])
+@pytest.mark.parametrize("objective", ["reflow", "distill", "eps", "consistency"])
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path, objective):
     cfg = TrainConfig(objective=objective, iters=6, batch_size=4, lr=1e-3, save_every=2, ema=0.9, cfg_dropout=0.3)
     ref, ref_res = run(tmp_path / "a", cfg)
@@ -240,6 +298,10 @@ def test_trainer_errors_name_the_problem(tmp_path):
         run(tmp_path / "c", TrainConfig(iters=4, batch_size=4, save_every=2, lr=1e-3))
     with pytest.raises(ValueError, match="objective reflow needs \\(noise, latents\\) pairs"):
         run(tmp_path / "d", TrainConfig(), data={"latents": torch.zeros(2, 4, 8, 8), "ids": torch.zeros(2, 6).long()})
+    with pytest.raises(ValueError, match="objective consistency needs a teacher and ema > 0"):
+        run(tmp_path / "e", TrainConfig(objective="consistency", ema=0.0))
+    with pytest.raises(ValueError, match="intervals must be a positive integer"):
+        run(tmp_path / "f", TrainConfig(objective="consistency", intervals=0))
 
 
 # ---- CLI: DDP on gloo, export ------------------------------------------------------------------

@@ -4,6 +4,9 @@
                                v = UNet(X, (1 - t_i) * 1000, c)     (the timestep is noise at 1000)
                                X <- X + (1/N) v                      (Euler, X_{t+dt} = X_t + dt v)
     epsilon teachers ("ddim", "dpm++"): the solvers of sd/sampling/samplers.py on the same UNet.
+    consistency students ("consistency", e.g. the mini's LCM): multistep consistency sampling
+                               (rectflow/consistency.py) of f(X, t) = X + (1 - t) UNet(X, (1 - t) 1000, c);
+                               its re-noising draws from a CPU generator seeded with 0.
 With guidance w > 1 the context holds [negatives; prompts] and v = v_neg + w (v_text - v_neg) (CFG).
 
 The rectified flow may also run over a part of the time span, or backwards: from t0 to t1 in N steps
@@ -12,10 +15,12 @@ inversion runs from t0 = 1 (the image's latents) to t1 = 0 (noise): X_{t - |dt|}
 """
 import torch
 
+from rectflow.consistency import consistency_sample
+
 from .euler import fused_step, guide
 from .samplers import SAMPLERS
 
-SAMPLER_NAMES = ("euler", *SAMPLERS)
+SAMPLER_NAMES = ("euler", *SAMPLERS, "consistency")
 
 
 def rf_timestep(t):
@@ -56,7 +61,11 @@ def sample(unet, context, latents, steps, guidance=1.0, sampler="euler", compile
         if (t0, t1) != (0.0, 1.0):
             raise ValueError(f"sampler {sampler!r} runs from noise to data only; image-to-image and inversion "
                              f"take the rectified flow's 'euler'")
-        return SAMPLERS[sampler](guided_model(unet, context, guidance), latents, steps, callback=callback)
+        guided = guided_model(unet, context, guidance)
+        if sampler == "consistency":
+            return consistency_sample(lambda x, t: guided(x, rf_timestep(t)), latents, steps,
+                                      generator=torch.Generator().manual_seed(0), callback=callback)
+        return SAMPLERS[sampler](guided, latents, steps, callback=callback)
     step, dt = fused_step(compile), (t1 - t0) / steps   # dt < 0 backwards
     for i in range(steps):
         t_i = t0 + (t1 - t0) * i / steps                    # = i / N on [0, 1]

@@ -6,6 +6,12 @@ reflow   text-conditioned reflow on the teacher's triplets (X_0, X_1 = teacher(X
              X_t = t X_1 + (1 - t) X_0,   min E|| (X_1 - X_0) - UNet(X_t, (1 - t) 1000, c) ||^2
 distill  one Euler step of size 1 from X_0 (timestep 1000) must land on X_1:
              min E[ D(X_0 + UNet(X_0, 1000, c), X_1) ],   D = squared L2 by default (pluggable)
+consistency  latent consistency distillation (LCM; Luo et al. 2023, "Latent Consistency Models"), the
+         few-step rival InstaFlow is compared with, in rectified-flow time (rectflow/consistency.py):
+             f_theta(x, t) = x + (1 - t) UNet(x, (1 - t) 1000, c)          (so f(x, 1) = x)
+             X_{t_n} = t_n X_1 + (1 - t_n) X_0,  t_n = n / N,  X_0 fresh noise, X_1 the data
+             X_hat = X_{t_n} + (1 / N) v_teacher(X_{t_n}, t_n, c)   (one step of the teacher's guided ODE)
+             min E[ D(f_theta(X_{t_n}, t_n), f_{theta^-}(X_hat, t_{n+1})) ],   theta^- the EMA weights
 
 Each objective draws its random numbers for the whole global batch at once (`draw`), from a
 generator seeded by (seed, step): any split of the batch over processes or accumulation steps then
@@ -15,13 +21,15 @@ import importlib
 
 import torch
 
+from rectflow.consistency import consistency_loss
 from rectflow.distill import mse as l2
 from rectflow.flow import interpolate, sample_time, velocity_target
 
-from ..sampling.loop import rf_timestep
-from ..sampling.samplers import sd_alphas_cumprod
+from ..sampling.loop import guided_model, rf_timestep
+from ..sampling.samplers import eps_velocity, sd_alphas_cumprod
 
-OBJECTIVES = ("eps", "reflow", "distill")
+OBJECTIVES = ("eps", "reflow", "distill", "consistency")
+OWN_NOISE = ("eps", "consistency")              # objectives that draw their noise: they train on images alone
 
 
 def mse(pred, target):
@@ -43,8 +51,12 @@ def resolve_loss(name):
         raise ValueError(f"loss {name!r}: cannot import {fn} from {module} ({e})") from None
 
 
-def draw(objective, n, sample_shape, generator, time_sampler="uniform"):
-    """The objective's random numbers for a batch of n: {"t"} for reflow, {"k", "eps"} for eps."""
+def draw(objective, n, sample_shape, generator, time_sampler="uniform", intervals=20):
+    """The objective's random numbers for a batch of n: {"t"} for reflow, {"k", "eps"} for eps, the grid
+    indices and the noise {"n", "noise"} for consistency."""
+    if objective == "consistency":
+        return {"n": torch.randint(0, intervals, (n,), generator=generator),
+                "noise": torch.randn((n, *sample_shape), generator=generator)}
     if objective == "reflow":
         return {"t": sample_time(n, time_sampler, generator=generator)}
     if objective == "eps":
@@ -55,8 +67,27 @@ def draw(objective, n, sample_shape, generator, time_sampler="uniform"):
     raise ValueError(f"unknown objective {objective!r}: choose {', '.join(OBJECTIVES)}")
 
 
-def loss(objective, unet, x0, x1, context, rand, loss_fn=mse):
-    """The objective's loss on one (micro-)batch; `rand` holds this batch's slice of `draw`."""
+def eps_teacher(unet, empty_context, guidance):
+    """An epsilon UNet (SD's teacher) with CFG, as the consistency objective's teacher: v(x, t, c) in
+    rectified-flow time (samplers.eps_velocity), c the batch's text context, [empty; c] when guidance > 1.
+    One Euler step of it in rectified-flow time is one DDIM step (LCM's teacher solver)."""
+    def v(x, t, context):
+        ctx = torch.cat([empty_context.expand(len(context), -1, -1), context]) if guidance > 1 else context
+        return eps_velocity(guided_model(unet, ctx, guidance))(x, t)
+    return v
+
+
+def flow(unet):
+    """The UNet as a velocity v(x, t, c) in rectified-flow time (the timestep is (1 - t) * 1000)."""
+    return lambda x, t, c: unet(x, rf_timestep(t), c)
+
+
+def loss(objective, unet, x0, x1, context, rand, loss_fn=mse, teacher=None, target=None, intervals=20):
+    """The objective's loss on one (micro-)batch; `rand` holds this batch's slice of `draw`.
+    consistency only: teacher(x, t, context) -> the teacher's velocity; target: the UNet with the EMA weights."""
+    if objective == "consistency":
+        return consistency_loss(flow(unet), flow(target), rand["noise"].to(x1.device), x1, intervals,
+                                teacher, context, n=rand["n"], loss_fn=loss_fn)
     if objective == "reflow":
         t = rand["t"].to(x1.device)
         xt = interpolate(x0, x1, t)                                   # X_t = t X_1 + (1 - t) X_0

@@ -36,7 +36,7 @@ from . import objectives
 
 @dataclass
 class TrainConfig:
-    objective: str = "reflow"         # eps | reflow | distill
+    objective: str = "reflow"         # eps | reflow | distill | consistency
     iters: int = 1000
     batch_size: int = 32              # global batch per optimizer step (all processes, all micro-batches)
     grad_accum: int = 1               # micro-batches per process and step
@@ -51,16 +51,17 @@ class TrainConfig:
     cfg_dropout: float = 0.1          # probability of training on the empty prompt
     time_sampler: str = "uniform"     # reflow: uniform | logit_normal
     loss: str = "l2"                  # distill: l2 or "package.module:function"
+    intervals: int = 20               # consistency: the grid t_n = n / intervals of the teacher's ODE steps
     seed: int = 0
     save_every: int = 500
     keep: int = 2                     # checkpoints kept
 
     # fields that change what the steps compute: a resumed run must keep them
     FIXED = ("objective", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema", "cfg_dropout",
-             "time_sampler", "loss", "seed")
+             "time_sampler", "loss", "intervals", "seed")
 
     def check(self, world=1):
-        for name in ("iters", "batch_size", "grad_accum", "save_every", "keep"):
+        for name in ("iters", "batch_size", "grad_accum", "save_every", "keep", "intervals"):
             positive_int(getattr(self, name), name)
         if self.objective not in objectives.OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose {', '.join(objectives.OBJECTIVES)}")
@@ -170,8 +171,9 @@ def weights(path, which="ema"):
 def resume(path, cfg, unet, ema, opt, scaler):
     """Load a checkpoint into (unet, ema, opt, scaler); returns its step."""
     tensors, meta = read_checkpoint(path)
-    for k in TrainConfig.FIXED:
-        if meta["config"].get(k) != getattr(cfg, k):
+    defaults = TrainConfig()
+    for k in TrainConfig.FIXED:                # a field newer than the checkpoint: it ran with the default
+        if meta["config"].get(k, getattr(defaults, k)) != getattr(cfg, k):
             raise ValueError(f"{path}: the run was started with {k}={meta['config'].get(k)!r}, now {getattr(cfg, k)!r}; "
                              f"keep it to resume, or write to another --out")
     unet.load_state_dict(select_weights(tensors, "model"))
@@ -195,18 +197,22 @@ def lr_at(cfg, step):
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
 
 
-def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=None):
+def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=None, teacher=None):
     """Train `unet` in place on `data` = {"latents": X_1, "ids": prompt tokens[, "noise": X_0]} with
     the frozen `text_encoder`; resumes from out/checkpoints when there are any. `empty_ids` [1, L]:
-    the empty prompt's tokens (CFG dropout). on_step(step, loss) runs after each step.
+    the empty prompt's tokens (CFG dropout). on_step(step, loss) runs after each step. teacher
+    (objective consistency): teacher(x, t, context) -> the teacher's velocity in rectified-flow time;
+    the EMA weights are the target network theta^- (so cfg.ema is its decay, LCM's 0.95).
     Returns {"losses": [...], "ema": {name: tensor} or None, "checkpoint": path}."""
     rank, world, device = distributed()
     cfg.check(world)
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs a CUDA device; use bf16 on the CPU")
     n = data["latents"].shape[0]
-    if "noise" not in data and cfg.objective != "eps":
+    if "noise" not in data and cfg.objective not in objectives.OWN_NOISE:
         raise ValueError(f"objective {cfg.objective} needs (noise, latents) pairs: train on a triplet folder")
+    if cfg.objective == "consistency" and (teacher is None or not cfg.ema):
+        raise ValueError("objective consistency needs a teacher and ema > 0 (the EMA weights are its target network)")
     unet.to(device).train()
     unet.gradient_checkpointing = cfg.grad_checkpointing
     text_encoder.to(device).eval().requires_grad_(False)
@@ -227,6 +233,8 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
                 unet.get_parameter(name).zero_()
                 if ema is not None:
                     ema[name].zero_()
+    # consistency's target network theta^-: the UNet run with the EMA weights (its buffers are its own)
+    target = (lambda *a: torch.func.functional_call(unet, ema, a, strict=False)) if cfg.objective == "consistency" else None
     amp = dict(device_type=device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
                enabled=cfg.precision != "fp32")
     local, micro = cfg.batch_size // world, cfg.batch_size // world // cfg.grad_accum
@@ -237,7 +245,7 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
     for step in bar:
         gen = step_generator(cfg.seed, step)
         idx = batch_indices(step, cfg.batch_size, n, cfg.seed)
-        rand = objectives.draw(cfg.objective, cfg.batch_size, shape, gen, cfg.time_sampler)
+        rand = objectives.draw(cfg.objective, cfg.batch_size, shape, gen, cfg.time_sampler, cfg.intervals)
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cfg_dropout       # CFG dropout of the text
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
@@ -252,7 +260,8 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
             sync = m == cfg.grad_accum - 1 or world == 1
             with (nullcontext() if sync else model.no_sync()), torch.autocast(**amp):   # DDP: all-reduce once
                 loss = objectives.loss(cfg.objective, model, x0, x1, context,
-                                       {k: v[sl] for k, v in rand.items()}, loss_fn) / cfg.grad_accum
+                                       {k: v[sl] for k, v in rand.items()}, loss_fn, teacher, target,
+                                       cfg.intervals) / cfg.grad_accum
                 scaler.scale(loss).backward()
             total += loss.detach()
         scaler.unscale_(opt)
