@@ -62,8 +62,8 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     fast = MiniConfig().fast()
     assert m["config"] == json.loads(json.dumps(asdict(fast)))
     names = ["teacher, 4 steps", "teacher, 1 step", "teacher, 2 steps", "2-RF, 1 step", "2-RF, 2 steps", "2-RF, 4 steps",
-             "distilled 2-RF, 1 step"]
-    assert list(m)[1:9] == names + ["held-out renders"] and m["teacher, 4 steps"]["mse_to_teacher"] == 0   # the reference
+             "distilled 2-RF, 1 step", "LCM, 1 step", "LCM, 2 steps", "LCM, 4 steps"]
+    assert list(m)[1:12] == names + ["held-out renders"] and m["teacher, 4 steps"]["mse_to_teacher"] == 0   # the reference
     floor = m["held-out renders"]
     assert floor["fd"] > 0 and 0 <= floor["caption_score"] <= 1 and floor["judge"] == 1.0
     assert all(m[k]["fd"] > 0 and 0 <= m[k]["caption_score"] <= 1 for k in names)
@@ -82,7 +82,9 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     assert all(0 <= r["iou"] <= 1 and 0 <= r["judge"] <= r["colour"] <= 1 for r in ctrl.values())
     assert (tmp_path / "control.png").stat().st_size > 1000
     assert "distilled 2-RF, 1 step" in r.stdout
-    for stage, iters in (("teacher", fast.teacher_iters), ("2rf", fast.reflow_iters), ("student", fast.distill_iters)):
+    assert m["LCM, 1 step"]["sampler"] == "consistency" and m["seconds"]["lcm"] > 0
+    for stage, iters in (("teacher", fast.teacher_iters), ("2rf", fast.reflow_iters), ("student", fast.distill_iters),
+                         ("lcm", fast.reflow_iters + fast.distill_iters)):       # LCM: the 2-RF's + student's budget
         assert latest_checkpoint(tmp_path / stage).name == f"step-{iters:07d}.safetensors"   # every step ran
     for folder in ("triplets-teacher", "triplets-2rf"):
         shards = json.loads((tmp_path / folder / "manifest.json").read_text())["shards"]
@@ -95,7 +97,7 @@ def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
     kept = stamps()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0
-    assert stamps() == kept and len(kept) == 10   # 3 checkpoints, 2 manifests, 2 shards, the ControlNet, the feature net,
+    assert stamps() == kept and len(kept) == 11   # 4 checkpoints, 2 manifests, 2 shards, the ControlNet, the feature net,
     #                                               config.json
     m2 = json.loads((tmp_path / "metrics.json").read_text())
     assert all(m2[k] == m[k] for k in names + ["held-out renders", "straightness", "inversion", "edit", "controlnet"])
@@ -149,6 +151,10 @@ def test_default_run_tells_the_instaflow_story(tmp_path):
     assert m["distilled 2-RF, 1 step"]["fidelity"] >= 0.9                         # one student step works
     assert m["distilled 2-RF, 1 step"]["mse_to_teacher"] < m["2-RF, 1 step"]["mse_to_teacher"]
     assert m["distilled 2-RF, 1 step"]["fd"] < m["2-RF, 1 step"]["fd"]             # and the distribution shows it
+    # LCM on the same budget: far better than one teacher step, below InstaFlow's student (docs/training.md)
+    lcm = m["LCM, 1 step"]
+    assert lcm["fidelity"] >= 0.8 and lcm["fd"] < m["teacher, 1 step"]["fd"] / 10
+    assert lcm["fd"] > 2 * m["distilled 2-RF, 1 step"]["fd"] and lcm["fidelity"] < m["distilled 2-RF, 1 step"]["fidelity"]
     models = [k for k, v in m.items() if isinstance(v, dict) and "steps" in v]
     assert all(m[k]["fd"] > 2 * m["held-out renders"]["fd"] for k in models)      # far above the floor
     inv, ed = m["inversion"], m["edit"]

@@ -1,7 +1,8 @@
 """python -m sd.mini [--fast] [--out DIR]: the whole mini InstaFlow (teacher, triplets, 2-RF, one-step student,
-inversion and edits, a ControlNet), then metrics.json, grid.png, edit.png and control.png in DIR.
+its rival LCM on the same budget, inversion and edits, a ControlNet), then metrics.json, grid.png, edit.png
+and control.png in DIR.
 
-The default run takes about half an hour on 2 CPU cores (docs/training.md gives each stage's time);
+The default run takes about 40 minutes on 2 CPU cores (docs/training.md gives each stage's time);
 --fast is a smoke run of every stage whose numbers mean nothing, written to its own folder
 (runs/mini-fast), so it never touches a full run's. A folder resumes only with the configuration it
 was started with."""

@@ -6,6 +6,9 @@
     2. 2-RF      reflow on the triplets, initialised from the teacher's UNet (its last   objective "reflow"
                  conv zeroed: see TrainConfig.zero_output)
     3. student   new pairs from the 2-RF (Euler, many steps), then one-step distillation  objective "distill"
+    3b. LCM      the rival: latent consistency distillation of the same teacher (its       objective "consistency"
+                 CFG-guided ODE, one DDIM step per grid interval, an EMA target) on the training images, for
+                 as many gradient steps as 2-RF and student together; sampled by multistep consistency sampling
     4. evaluate  straightness; prompt fidelity (the rule-based judge); the mean squared distance to the
                  teacher's many-step image from the same noise; FD to held-out renders and a caption score
                  in the features of a small CNN trained once on renders (sd/mini/features.py, the mini's
@@ -34,6 +37,7 @@ from ..sampling.loop import cfg_context, guided_model, rf_timestep, sample
 from ..sampling.pipeline import noise
 from ..sampling.samplers import eps_velocity
 from ..training import triplets
+from ..training.objectives import eps_teacher
 from ..training.trainer import TrainConfig, latest_checkpoint, read_checkpoint, train, weights
 from . import control, edit, features, models, shapes
 
@@ -52,6 +56,10 @@ class MiniConfig:
     rf_steps: int = 16             # Euler steps of the 2-RF when it makes the distillation pairs
     distill_iters: int = 600
     distill_lr: float = 1e-4
+    lcm_lr: float = 5e-4           # LCM, for reflow_iters + distill_iters steps (the 2-RF's and student's budget);
+                                   # a 150-step probe: at 1e-4 no 1-4 step sample was right yet, at 5e-4 most
+    lcm_intervals: int = 20        # LCM's grid of teacher ODE steps (LCM: 50 DDIM steps of skip 20 on SD)
+    lcm_ema: float = 0.95          # the target network's EMA decay (LCM's)
     batch_size: int = 64
     eval_samples: int = 256
     straightness_steps: int = 16
@@ -112,8 +120,8 @@ def sampler_fn(unet, ctx, steps, guidance, sampler):
     return lambda x0, ids: sample(unet, ctx(ids), x0, steps, guidance, sampler)
 
 
-def stage_train(unet, text_encoder, data, out, cfg, tok, progress):
-    result = train(unet, text_encoder, data, cfg, out, tok([""]), progress=progress)
+def stage_train(unet, text_encoder, data, out, cfg, tok, progress, teacher=None):
+    result = train(unet, text_encoder, data, cfg, out, tok([""]), progress=progress, teacher=teacher)
     if result["ema"] is not None:                        # continue from the EMA weights
         unet.load_state_dict(result["ema"])
     return result["losses"]
@@ -165,8 +173,9 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
     out, t_start = Path(out), time.time()
     check_run(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "config.json").exists():               # a resumed run keeps its record (check_run compared it)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    record = out / "config.json"                        # a resumed run keeps its record (check_run compared
+    if not record.exists() or set(asdict(cfg)) - set(json.loads(record.read_text())):   # it), adding new fields
+        record.write_text(json.dumps(asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
     tok = models.tokenizer()
     text_encoder, unet = models.text_encoder(tok), models.unet()
@@ -218,6 +227,18 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
                 iters=cfg.distill_iters, lr=cfg.distill_lr, cfg_dropout=0.0, **common), tok, progress)
     seconds["distill"] = time.time() - t0
 
+    # 3b. the rival, LCM: consistency distillation of the same guided teacher, on the same step budget
+    t0 = time.time()
+    lcm = models.unet()
+    lcm.load_state_dict(unet.state_dict())
+    with torch.no_grad():
+        teacher_v = eps_teacher(unet, text_encoder(tok([""])), cfg.guidance)
+    stage_train(lcm, text_encoder, {"latents": images, "ids": tok(caps)}, out / "lcm",
+                TrainConfig(objective="consistency", iters=cfg.reflow_iters + cfg.distill_iters, lr=cfg.lcm_lr,
+                            cfg_dropout=0.0, zero_output=True, intervals=cfg.lcm_intervals,
+                            **{**common, "ema": cfg.lcm_ema}), tok, progress, teacher=teacher_v)
+    seconds["lcm"] = time.time() - t0
+
     # 4. evaluation on held-out seeds: every caption equally often; the FD's feature net is trained first
     t0 = time.time()
     feature_net = stage_features(out / "features", cfg, progress)
@@ -229,9 +250,10 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
     label = "{}, {} step{}".format
     runs = {label(who, n, "s" * (n > 1)): (net, n, g, solver) for who, net, g, solver, steps in (
         ("teacher", unet, cfg.guidance, "dpm++", [cfg.teacher_steps] + [n for n in (1, 2, 4) if n != cfg.teacher_steps]),
-        ("2-RF", rf2, 1.0, "euler", (1, 2, 4)), ("distilled 2-RF", student, 1.0, "euler", (1,))) for n in steps}
+        ("2-RF", rf2, 1.0, "euler", (1, 2, 4)), ("distilled 2-RF", student, 1.0, "euler", (1,)),
+        ("LCM", lcm, 1.0, "consistency", (1, 2, 4))) for n in steps}
     in_grid = [label("teacher", cfg.teacher_steps, "s"), "teacher, 1 step", "2-RF, 1 step", "2-RF, 4 steps",
-               "distilled 2-RF, 1 step"]
+               "distilled 2-RF, 1 step", "LCM, 1 step", "LCM, 4 steps"]
     metrics, shown, reference = {"config": asdict(cfg)}, {}, None
     note = FAST_NOTE if cfg.mode == "fast" else None
     # held-out renders of the same captions: what FD measures against, and a second set for its floor
