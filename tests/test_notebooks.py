@@ -74,6 +74,16 @@ SOLUTIONS = {
          "fg = ((shown['student, 1 step, with'] + 1) / 2).amax(1) > 0.5\nm = masks[:, 0] > 0\n"
          "my_iou = ((fg & m).flatten(1).sum(1) / (fg | m).flatten(1).sum(1).clamp(min=1)).mean()"),
     ],
+    "10_few_step_methods.ipynb": [
+        ("def my_consistency_fn(model, x, t):\n    # your code here\n    return None",
+         "def my_consistency_fn(model, x, t):\n    return x + (1 - t)[:, None] * model(x, t)"),
+        ("def my_meanflow_target(model, xt, t, r, v):\n    # your code here\n    return None",
+         "def my_meanflow_target(model, xt, t, r, v):\n"
+         "    u, dudt = jvp(model, (xt, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))\n"
+         "    return u, (v + (r - t)[:, None] * dudt).detach()"),
+        ("winner_at_2 = None   # your code here",
+         "winner_at_2 = min((m for m in W if W[m][1] == W[m][1]), key=lambda m: W[m][1])"),
+    ],
 }
 
 
@@ -132,6 +142,16 @@ WRONG = {
         ("my_iou = None   # your code here",
          "fg = ((shown['student, 1 step, with'] + 1) / 2).amax(1) > 0.5\nm = masks[:, 0] > 0\n"
          "my_iou = (fg & m).sum() / (fg | m).sum()"),
+    ],
+    "10_few_step_methods.ipynb": [   # the boundary at t = 0; the tangent of (t, r) swapped; the highest W2
+        ("def my_consistency_fn(model, x, t):\n    # your code here\n    return None",
+         "def my_consistency_fn(model, x, t):\n    return x + t[:, None] * model(x, t)"),
+        ("def my_meanflow_target(model, xt, t, r, v):\n    # your code here\n    return None",
+         "def my_meanflow_target(model, xt, t, r, v):\n"
+         "    u, dudt = jvp(model, (xt, t, r), (v, torch.zeros_like(t), torch.ones_like(r)))\n"
+         "    return u, (v + (r - t)[:, None] * dudt).detach()"),
+        ("winner_at_2 = None   # your code here",
+         "winner_at_2 = max((m for m in W if W[m][1] == W[m][1]), key=lambda m: W[m][1])"),
     ],
 }
 
