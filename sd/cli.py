@@ -12,7 +12,7 @@ import torch
 from rectflow.checks import HelpFormatter, positive_int, writable
 
 from .checkpoints.images import ImageError
-from .checkpoints.loaders import CheckpointError
+from .checkpoints.loaders import CheckpointError, load_tiny_vae, locate
 from .checkpoints.safetensors_io import SafeOpen, SafetensorsError
 from .edits.lora import LoraError, split_scale
 from .models.tokenizer import TokenizerError
@@ -101,6 +101,9 @@ def add_model_args(p):
     p.add_argument("--merge-delta", nargs=2, metavar=("BASE", "FINETUNED[:ALPHA]"),
                    help="add ALPHA (default 1) x (FINETUNED - BASE) to the UNet and take FINETUNED's VAE and text "
                         "encoder (InstaFlow's recipe for fine-tuned SD 1.5 models such as dreamshaper-7)")
+    p.add_argument("--tiny-vae", metavar="PATH",
+                   help="decode with TAESD (a diffusers AutoencoderTiny folder or id, e.g. madebyollin/taesd): "
+                        "a fast preview decoder instead of the full VAE")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="merge a LoRA (kohya/CivitAI, diffusers or peft .safetensors) at SCALE (default 1); repeatable, "
                         "they stack")
@@ -114,16 +117,20 @@ def check_model_args(args):
         check_safetensors(split_scale(spec)[0], "--lora")
     if args.merge_delta:
         split_scale(args.merge_delta[1])
+    if args.tiny_vae:
+        locate(args.tiny_vae)                       # a folder, or an id in the local Hugging Face cache
     return dev
 
 
 def load_edited(args, dev):
     """The pipeline of --model in --dtype on `dev`, with --merge-delta and --lora applied (each said)."""
-    pipe = load_pipeline(args.model, dtype=DTYPES[args.dtype], device=dev)
+    pipe = load_pipeline(args.model, dtype=DTYPES[args.dtype], device=dev, tiny_vae=args.tiny_vae)
     if args.merge_delta:
         finetuned, alpha = split_scale(args.merge_delta[1])
         pipe.merge_delta(args.merge_delta[0], finetuned, alpha)
         print(f"merged {alpha:g} x (fine-tuned - base) into the UNet; VAE and text encoder from {finetuned}")
+        if args.tiny_vae:                           # the fine-tuned VAE came with the delta; the preview one stays
+            pipe.vae = load_tiny_vae(args.tiny_vae, dtype=DTYPES[args.dtype], device=dev)
     for spec in args.lora:
         path, scale = split_scale(spec)
         pipe.load_lora(path, scale)

@@ -1,6 +1,7 @@
 """Load and save SD 1.x components: diffusers-format folders and single-file (LDM) checkpoints.
 
     load_unet(path), load_vae(path), load_text_encoder(path), each with dtype= and device=
+    load_tiny_vae(path): TAESD, a diffusers AutoencoderTiny folder (madebyollin/taesd for SD 1.x)
     save_unet(unet, folder): a diffusers `unet/` folder (config.json + safetensors)
 
 `path` is a model folder (with unet/, vae/, text_encoder/), a component folder (with config.json),
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..models.clip import SD15_TEXT, TextEncoder
+from ..models.tiny_vae import TinyVAE
 from ..models.unet import SD15_UNET, UNet
 from ..models.vae import SD15_VAE, VAE
 from .hub import ModelNotFound, resolve_model
@@ -295,6 +297,23 @@ def load_vae(path, dtype=None, device="cpu", variant=None, config=None):
                "latent_channels": part["first_stage_model.post_quant_conv.weight"].shape[0]}
         return cfg, ldm_vae_to_diffusers(part, levels)
     return _load(path, "vae", VAE, dtype, device, variant, config, single)
+
+
+def load_tiny_vae(path, dtype=None, device="cpu", variant=None):
+    """TAESD from a diffusers AutoencoderTiny folder (config.json + weights; also a model folder's vae/
+    when that is one). The full VAE's folder, or a single file, is refused by name."""
+    kind, where = _resolve(path, "vae")
+    if kind == "file":
+        raise CheckpointError(f"{where}: a tiny VAE loads from a diffusers AutoencoderTiny folder (config.json and "
+                              f"diffusion_pytorch_model.safetensors, e.g. madebyollin/taesd), not a single file")
+    cfg = json.loads((where / "config.json").read_text())
+    if cfg.get("_class_name", "AutoencoderTiny") != "AutoencoderTiny":
+        raise CheckpointError(f"{where / 'config.json'}: _class_name is {cfg['_class_name']!r}, not AutoencoderTiny "
+                              f"(a tiny VAE is a folder like madebyollin/taesd)")
+    sd = {}
+    for f in _component_files(where, WEIGHT_NAMES["vae"], variant):
+        sd.update(read_weights(f))
+    return _build(TinyVAE, cfg, sd, where, dtype, device)
 
 
 def load_text_encoder(path, dtype=None, device="cpu", variant=None, config=None):

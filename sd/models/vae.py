@@ -109,6 +109,7 @@ class VAE(nn.Module):
         c = {**SD15_VAE, **(config or {})}
         self.config = c
         self.scaling_factor = c["scaling_factor"]
+        self.downsampling = 2 ** (len(c["block_out_channels"]) - 1)    # 8 for SD: 512 px <-> 64 latents
         self.encoder, self.decoder = Encoder(c), Decoder(c)
         lat = c["latent_channels"]
         self.quant_conv = nn.Conv2d(2 * lat, 2 * lat, 1)

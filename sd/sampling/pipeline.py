@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from rectflow.checks import positive_int
 
 from ..checkpoints.images import ImageError, to_model_range
-from ..checkpoints.loaders import locate, load_text_encoder, load_unet, load_vae
+from ..checkpoints.loaders import locate, load_text_encoder, load_tiny_vae, load_unet, load_vae
 from ..controlnet.control import control_tensor, controlled
 from ..controlnet.model import misfits
 from ..edits import deltas, lora
@@ -87,7 +87,7 @@ class Pipeline:
     def __init__(self, unet, vae, text_encoder, tokenizer, path=None):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.path = path                                   # the folder or file it was loaded from, if any
-        self.vae_factor = 2 ** (len(vae.config["block_out_channels"]) - 1)   # 8 for SD: 512 px <-> 64 latents
+        self.vae_factor = vae.downsampling                 # 8 for SD: 512 px <-> 64 latents (VAE or TinyVAE)
         self._compiled = {}
         self.loras, self.lora_originals = [], {}            # (file, scale) merged; weights before the first
 
@@ -337,17 +337,18 @@ def default_sampler(path):
     return "ddim" if cfg.get("_class_name") == "DDIMScheduler" else "dpm++"
 
 
-def load_pipeline(path, dtype=None, device="cpu", variant=None, config=None):
+def load_pipeline(path, dtype=None, device="cpu", variant=None, config=None, tiny_vae=None):
     """A Pipeline from a diffusers model folder, a model id in the local Hugging Face cache
     ("XCLiu/instaflow_0_9B_from_sd_1_5" after `huggingface-cli download`), or a single SD 1.x
     checkpoint file (whose tokenizer then comes from OpenAI's vocabulary file, see
     sd.models.tokenizer.load_tokenizer). `config` may hold
-    overrides per component, {"unet": {...}, "vae": {...}, "text_encoder": {...}}."""
+    overrides per component, {"unet": {...}, "vae": {...}, "text_encoder": {...}}. tiny_vae: a TAESD folder
+    (sd/models/tiny_vae.py) that replaces the VAE, for decoding and encoding (fast previews)."""
     path = locate(path)                                    # a path, or an "owner/name" id in the HF cache
     config = config or {}
     kw = dict(dtype=dtype, device=device, variant=variant)
     unet = load_unet(path, config=config.get("unet"), **kw)
-    vae = load_vae(path, config=config.get("vae"), **kw)
+    vae = load_tiny_vae(tiny_vae, **kw) if tiny_vae else load_vae(path, config=config.get("vae"), **kw)
     text = load_text_encoder(path, config=config.get("text_encoder"), **kw)
     tokenizer = load_tokenizer(path if path.is_dir() else None)
     return Pipeline(unet, vae, text, tokenizer, path)
