@@ -83,10 +83,10 @@ def save_png(array, path):
     matplotlib.image.imsave(path, array)
 
 
-def add_model_args(p):
-    """The options of every command that samples a model (sd.generate, sd.evaluate): the model, its edits
-    (LoRAs, fine-tune deltas), the sampler, steps and guidance, dtype and device."""
-    p.add_argument("--model", required=True, type=Path,
+def add_model_args(p, model_required=True):
+    """The options of every command that samples a model (sd.generate, sd.evaluate, sd.demo): the model,
+    its edits (LoRAs, fine-tune deltas), the sampler, steps and guidance, dtype and device."""
+    p.add_argument("--model", required=model_required, type=Path,
                    help="diffusers model folder, single checkpoint file, or a model id (owner/name) in the local "
                         "Hugging Face cache (python -m sd.tiny writes a small random one to try)")
     p.add_argument("--steps", type=int, default=1, help="Euler steps (UNet calls), at least 1")

@@ -30,3 +30,15 @@ def model(tmp_path_factory):
     text = tiny_text_encoder(tok)
     text.save_pretrained(root / "text_encoder")
     return root, unet, vae, text, tok
+
+
+@pytest.fixture(scope="session")
+def mini_fast(tmp_path_factory):
+    """One `python -m sd.mini --fast` run for the session: (its folder, the finished process). test_mini checks
+    it (and reruns it in place); test_demo serves it, reading only."""
+    import subprocess
+    out = tmp_path_factory.mktemp("mini-fast") / "run"
+    r = subprocess.run([sys.executable, "-m", "sd.mini", "--fast", "--out", str(out)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r

@@ -41,3 +41,6 @@ def test_pip_install_into_a_fresh_venv_then_run_from_anywhere(tmp_path):
     for cmd in (["toy", "--help"], ["toy", "compare", "--help"], ["sd.generate", "--help"], ["sd.mini", "--help"]):
         r = subprocess.run([str(python), "-m", *cmd], cwd=away, env=env, capture_output=True, text=True)
         assert r.returncode == 0, (cmd, r.stderr[-2000:])
+    page = subprocess.run([str(python), "-c", "from sd.web.server import STATIC; print(sorted(p.name for p in STATIC.iterdir()))"],
+                          cwd=away, env=env, capture_output=True, text=True)
+    assert page.stdout.strip() == "['demo.css', 'demo.js', 'index.html']", page.stderr[-2000:]   # the demo's page ships

@@ -52,12 +52,11 @@ def test_the_eps_teacher_as_a_velocity_field_is_exact_for_a_point_mass():
     assert torch.allclose(eps_velocity(eps_model)(X, t), x_star - x0, atol=1e-4)
 
 
-def test_mini_fast_runs_every_stage_and_resumes(tmp_path):
+def test_mini_fast_runs_every_stage_and_resumes(mini_fast):
     from sd.mini.run import MiniConfig
     from sd.training.trainer import latest_checkpoint
+    tmp_path, r = mini_fast                     # the session's fast run (tests/conftest.py)
     cmd = [sys.executable, "-m", "sd.mini", "--fast", "--out", str(tmp_path)]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     fast = MiniConfig().fast()
     assert m["config"] == json.loads(json.dumps(asdict(fast)))

@@ -1,0 +1,92 @@
+"""What the demo server generates with: a Pipeline (InstaFlow, 2-RF, SD, sd.tiny, ...), or the mini
+InstaFlow's three models side by side. Each backend has info(), limits() and generate(params) -> dict
+with PNG data URLs; the server (sd/web/server.py) has checked `params` against limits() first."""
+import base64
+import io
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+PROMPT_CHARS = 1000
+
+
+def png_data_url(image):
+    """uint8 [H, W, 3] -> "data:image/png;base64,..." (matplotlib writes the PNG, as sd.generate does)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.image
+    buf = io.BytesIO()
+    matplotlib.image.imsave(buf, image, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def pick_seed(params):
+    return params["seed"] if "seed" in params else random.randrange(2**31)
+
+
+class PipelineBackend:
+    """One model: one image per request, with the pipeline's timings."""
+
+    def __init__(self, pipe, name, steps=1, guidance=1.0, size=512, sampler="euler", max_side=1024):
+        self.pipe, self.name, self.sampler, self.max_side = pipe, name, sampler, max_side
+        self.defaults = {"steps": steps, "guidance": guidance, "height": size, "width": size, "negative_prompt": ""}
+
+    def info(self):
+        return {"mode": "model", "model": self.name, "sampler": self.sampler, "dtype": str(self.pipe.dtype).split(".")[-1],
+                "device": str(self.pipe.device), "defaults": self.defaults, "models": [self.name]}
+
+    def limits(self):
+        return {"prompt_chars": PROMPT_CHARS, "steps": (1, 50), "guidance": (0.0, 30.0), "side": (16, self.max_side),
+                "multiple": 8}
+
+    def generate(self, params):
+        p = {**self.defaults, **params}
+        seed = pick_seed(params)
+        t0 = time.perf_counter()
+        out = self.pipe(p["prompt"], negative_prompt=p["negative_prompt"] or None, steps=p["steps"],
+                        guidance=p["guidance"], seed=seed, height=p["height"], width=p["width"], sampler=self.sampler,
+                        progress=False)
+        total = time.perf_counter() - t0
+        return {"image": png_data_url(out.images[0]), "seed": seed,
+                "seconds": {**out.seconds, "total": total}}
+
+
+class MiniBackend:
+    """The mini InstaFlow run in `folder` (python -m sd.mini): its teacher (DPM-Solver++ with CFG), the
+    2-RF and the one-step student on the same noise; size, steps and guidance are each model's own."""
+
+    def __init__(self, folder):
+        from sd.mini.run import load_models
+        self.folder = Path(folder)
+        cfg = json.loads((self.folder / "config.json").read_text())
+        self.size, self.guidance, self.teacher_steps = cfg["size"], cfg["guidance"], cfg["teacher_steps"]
+        self.tok, self.text, teacher, rf2, student = load_models(folder)
+        self.models = [(f"teacher, {self.teacher_steps} steps (CFG {self.guidance:g})", teacher, self.teacher_steps,
+                        self.guidance, "dpm++"),
+                       ("2-RF, 1 step", rf2, 1, 1.0, "euler"), ("InstaFlow student, 1 step", student, 1, 1.0, "euler")]
+
+    def info(self):
+        return {"mode": "mini", "model": str(self.folder), "sampler": "dpm++ / euler", "dtype": "float32", "device": "cpu",
+                "defaults": {"height": self.size, "width": self.size}, "models": [m[0] for m in self.models]}
+
+    def limits(self):
+        return {"prompt_chars": 200, "steps": (1, 50), "guidance": (0.0, 30.0), "side": (16, 1024), "multiple": 8}
+
+    @torch.no_grad()
+    def generate(self, params):
+        from sd.mini.run import context_fn
+        from sd.sampling.loop import sample
+        from sd.sampling.pipeline import noise
+        seed = pick_seed(params)
+        x0 = noise((1, 3, self.size, self.size), seed)
+        ids = self.tok([params["prompt"]])
+        images = []
+        for name, net, steps, g, sampler in self.models:
+            t0 = time.perf_counter()
+            x = sample(net, context_fn(self.text, self.tok, g)(ids), x0.clone(), steps, g, sampler)
+            img = ((x[0] + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            images.append({"model": name, "image": png_data_url(img), "seconds": {"total": time.perf_counter() - t0}})
+        return {"images": images, "seed": seed}

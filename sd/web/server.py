@@ -1,0 +1,161 @@
+"""The demo's HTTP server: the standard library's ThreadingHTTPServer, a JSON API and one static page.
+
+    GET  /api/info       -> the backend's info (model, sampler, dtype, device, defaults, limits)
+    POST /api/generate   {"prompt", "negative_prompt", "seed", "steps", "guidance", "height", "width"}
+                         (all optional but the prompt) -> the backend's answer (images as PNG data URLs)
+    GET  /, /demo.js, /demo.css   the page (sd/web/static/), nothing else: no path from a request
+                                  reaches the file system
+
+Safe by default: one generation at a time (a lock), at most `queue` more waiting (503 beyond), bodies
+capped (413), every field checked (400 with {"error": "..."} naming the field), unknown paths 404.
+"""
+import json
+import math
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+STATIC = Path(__file__).with_name("static")
+PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
+         "/demo.js": ("demo.js", "text/javascript; charset=utf-8"), "/demo.css": ("demo.css", "text/css; charset=utf-8")}
+MAX_BODY = 16 * 1024
+FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "height", "width")
+
+
+class BadRequest(ValueError):
+    """A request the API refuses: (HTTP status, message)."""
+
+    def __init__(self, message, status=HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.status = status
+
+
+def _int(body, name, lo, hi):
+    v = body[name]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadRequest(f"{name}: an integer is needed, got {json.dumps(v)}")
+    if not lo <= v <= hi:
+        raise BadRequest(f"{name}: {v} is outside {lo}..{hi}")
+    return v
+
+
+def parse_request(raw, limits):
+    """The checked parameters of a /api/generate body (bytes). limits: prompt_chars, steps (lo, hi),
+    guidance (lo, hi), side (lo, hi), multiple. Raises BadRequest naming the field."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"body: not JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body: a JSON object is needed")
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise BadRequest(f"{unknown[0]}: unknown field (valid: {', '.join(FIELDS)})")
+    out = {}
+    for name in ("prompt", "negative_prompt"):
+        if name in body:
+            v = body[name]
+            if not isinstance(v, str):
+                raise BadRequest(f"{name}: a string is needed, got {json.dumps(v)}")
+            if len(v) > limits["prompt_chars"]:
+                raise BadRequest(f"{name}: too long ({len(v)} characters; at most {limits['prompt_chars']})")
+            out[name] = v
+    if not out.get("prompt", "").strip():
+        raise BadRequest("prompt: missing or empty")
+    if "seed" in body:
+        out["seed"] = _int(body, "seed", 0, 2**63 - 1)
+    if "steps" in body:
+        out["steps"] = _int(body, "steps", *limits["steps"])
+    if "guidance" in body:
+        v = body["guidance"]
+        lo, hi = limits["guidance"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise BadRequest(f"guidance: a number is needed, got {json.dumps(v)}")
+        if not lo <= v <= hi:
+            raise BadRequest(f"guidance: {v} is outside {lo}..{hi}")
+        out["guidance"] = float(v)
+    for name in ("height", "width"):
+        if name in body:
+            v = _int(body, name, *limits["side"])
+            if v % limits["multiple"]:
+                raise BadRequest(f"{name}: {v} is not a multiple of {limits['multiple']}")
+            out[name] = v
+    return out
+
+
+class Gate:
+    """One generation at a time, at most `queue` more waiting: enter() is False when full."""
+
+    def __init__(self, queue):
+        self.slots = threading.BoundedSemaphore(queue + 1)
+        self.lock = threading.Lock()
+
+    def enter(self):
+        return self.slots.acquire(blocking=False)
+
+    def run(self, fn):
+        try:
+            with self.lock:
+                return fn()
+        finally:
+            self.slots.release()
+
+
+def make_server(backend, host="127.0.0.1", port=7860, queue=4, quiet=False):
+    """A ThreadingHTTPServer serving `backend` (info() -> dict, limits() -> dict, generate(params) -> dict)."""
+    gate = Gate(queue)
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "rectflow-demo"
+
+        def log_message(self, fmt, *args):
+            if not quiet:
+                super().log_message(fmt, *args)
+
+        def send(self, status, body, ctype="application/json"):
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            path = self.path.split("?", 1)[0]
+            if path == "/api/info":
+                return self.send(HTTPStatus.OK, {**backend.info(), "limits": backend.limits()})
+            if path in PAGES:
+                name, ctype = PAGES[path]
+                return self.send(HTTPStatus.OK, (STATIC / name).read_bytes(), ctype)
+            self.send(HTTPStatus.NOT_FOUND, {"error": f"{path}: not found"})
+
+        def do_POST(self):
+            if self.path.split("?", 1)[0] != "/api/generate":
+                return self.send(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found (POST /api/generate)"})
+            try:
+                n = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                n = -1
+            if n < 0:
+                return self.send(HTTPStatus.BAD_REQUEST, {"error": "Content-Length: not a length"})
+            if n > MAX_BODY:
+                self.close_connection = True
+                return self.send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                 {"error": f"body: {n} bytes; at most {MAX_BODY}"})
+            try:
+                params = parse_request(self.rfile.read(n), backend.limits())
+            except BadRequest as e:
+                return self.send(e.status, {"error": str(e)})
+            if not gate.enter():
+                return self.send(HTTPStatus.SERVICE_UNAVAILABLE,
+                                 {"error": f"busy: one generation runs and {queue} wait; try again"})
+            try:
+                self.send(HTTPStatus.OK, gate.run(lambda: backend.generate(params)))
+            except (ValueError, RuntimeError) as e:           # the model's own refusal (a size it cannot take, ...)
+                self.send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
