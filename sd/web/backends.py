@@ -79,7 +79,7 @@ class MiniBackend:
     def generate(self, params):
         from sd.mini.run import context_fn
         from sd.sampling.loop import sample
-        from sd.sampling.pipeline import noise
+        from sd.sampling.pipeline import noise, to_uint8
         seed = pick_seed(params)
         x0 = noise((1, 3, self.size, self.size), seed)
         ids = self.tok([params["prompt"]])
@@ -87,6 +87,6 @@ class MiniBackend:
         for name, net, steps, g, sampler in self.models:
             t0 = time.perf_counter()
             x = sample(net, context_fn(self.text, self.tok, g)(ids), x0.clone(), steps, g, sampler)
-            img = ((x[0] + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            images.append({"model": name, "image": png_data_url(img), "seconds": {"total": time.perf_counter() - t0}})
+            images.append({"model": name, "image": png_data_url(to_uint8(x)[0]),
+                           "seconds": {"total": time.perf_counter() - t0}})
         return {"images": images, "seed": seed}
