@@ -23,7 +23,8 @@ ERRORS = (PipelineError, CheckpointError, SafetensorsError, TokenizerError, Imag
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 __all__ = ["DTYPES", "ERRORS", "HelpFormatter", "device_of", "check_out", "check_sizes", "check_steps",
-           "check_file", "check_safetensors", "fail", "save_png", "add_model_args", "check_model_args", "load_edited"]
+           "check_file", "check_safetensors", "fail", "save_png", "add_model_args", "check_model_args", "load_edited",
+           "add_refine_args", "check_refine_args", "refine_kwargs", "print_times"]
 
 
 def fail(error):
@@ -136,3 +137,45 @@ def load_edited(args, dev):
         pipe.load_lora(path, scale)
         print(f"LoRA {path} (scale {scale:g})")
     return pipe
+
+
+def add_refine_args(p, prefix=""):
+    """The SDXL Refiner's options: --strength, --steps, --guidance, --size (sd.refine), or the same with
+    `prefix` (sd.generate's --refine-strength, ...). Defaults: InstaFlow's demo (0.3 of 50 steps, guidance 5)."""
+    p.add_argument(f"--{prefix}strength", type=float, default=0.3,
+                   help="how much of the schedule to run, in (0, 1]: the last int(steps x strength) steps")
+    p.add_argument(f"--{prefix}steps", type=int, default=50, help="Euler-discrete steps of the full schedule")
+    p.add_argument(f"--{prefix}guidance", type=float, default=5.0, help="classifier-free guidance scale; 1 = no CFG")
+    p.add_argument(f"--{prefix}size", type=int, default=1024,
+                   help="resize the image to SIZE x SIZE first (bicubic; the refiner was trained at 1024); 0 keeps its size")
+    p.add_argument(f"--{prefix}aesthetic-score", type=float, default=6.0, help="the refiner's aesthetic-score condition")
+    p.add_argument(f"--{prefix}negative-aesthetic-score", type=float, default=2.5,
+                   help="the negative prompt's aesthetic-score condition (with guidance > 1)")
+
+
+def check_refine_args(args, prefix=""):
+    """The refiner's options, checked before anything loads (the pipeline's wording)."""
+    dest = prefix.replace("-", "_")
+    strength, steps, size = (getattr(args, dest + k) for k in ("strength", "steps", "size"))
+    if not 0 < strength <= 1:
+        raise PipelineError(f"--{prefix}strength must lie in (0, 1], got {strength}")
+    check_steps(steps, f"--{prefix}steps")
+    if int(steps * strength) == 0:
+        raise PipelineError(f"--{prefix}strength {strength} of --{prefix}steps {steps} runs no step "
+                            f"(int(steps x strength) = 0): raise one of them")
+    if size:
+        check_size(f"--{prefix}size", size, 8)
+
+
+def refine_kwargs(args, prefix=""):
+    """Refiner.refine's keyword arguments from the options of add_refine_args."""
+    dest = prefix.replace("-", "_")
+    return {k: getattr(args, dest + a) for k, a in (("strength", "strength"), ("steps", "steps"), ("guidance", "guidance"),
+            ("aesthetic_score", "aesthetic_score"), ("negative_aesthetic_score", "negative_aesthetic_score"))}
+
+
+def print_times(seconds, label="refine"):
+    """The refiner's time per part, one line."""
+    s = seconds
+    print(f"{label}: text encoder {s['text_encoder'] * 1e3:.0f} ms | VAE encode {s['vae_encode'] * 1e3:.0f} ms | "
+          f"{len(s['steps'])} steps {sum(s['steps']) * 1e3:.0f} ms | VAE {s['vae'] * 1e3:.0f} ms")

@@ -6,6 +6,8 @@ time of the text encoder, of each Euler step and of the VAE; writes a grid when 
 --noise FILE: start from a noise written by `python -m sd.invert` (regenerate or edit an image).
 --lora FILE[:SCALE] (repeatable), --merge-delta BASE FINETUNED[:ALPHA]: InstaFlow with LoRAs / fine-tunes.
 --controlnet PATH --control-image PATH [--control-scale S] (repeatable pairs), --canny LOW,HIGH: with ControlNets.
+--refiner PATH [--refine-strength 0.3] [--refine-steps 50] [--refine-guidance 5] [--refine-size 1024]: refine each
+image with the SDXL Refiner, as InstaFlow's demo does (--out gets the refined image, OUT_one_step.png the other).
 Bad input (sizes, steps, prompts, a missing or wrong model, an unreadable image) exits with code 2.
 """
 import argparse
@@ -18,12 +20,13 @@ import numpy as np
 from rectflow.checks import positive_int
 
 from .checkpoints.images import fit, read_image
-from .checkpoints.loaders import holds
+from .checkpoints.loaders import holds, locate
 from .checkpoints.safetensors_io import load_file
-from .cli import (DTYPES, ERRORS, HelpFormatter, add_model_args, check_file, check_model_args, check_out, check_sizes,
-                  fail, load_edited, save_png)
+from .cli import (DTYPES, ERRORS, HelpFormatter, add_model_args, add_refine_args, check_file, check_model_args, check_out,
+                  check_refine_args, check_sizes, fail, load_edited, print_times, refine_kwargs, save_png)
 from .controlnet import canny, load_controlnet
 from .sampling.pipeline import PipelineError, default_sampler
+from .sampling.refiner import load_refiner
 
 
 def grid(images):
@@ -97,9 +100,17 @@ def build_parser():
                    help="its conditioning scale (default 1): once for all, or once per --controlnet")
     p.add_argument("--canny", metavar="LOW,HIGH", help="turn each control image into its Canny edges first "
                    "(sd.controlnet.canny, as cv2.Canny(image, LOW, HIGH))")
+    p.add_argument("--refiner", type=Path, metavar="PATH",
+                   help="refine the images with the SDXL Refiner (its diffusers folder or model id)")
+    add_refine_args(p, "refine-")
     p.add_argument("--out", type=Path, default=Path("image.png"), help="PNG file (a grid when several images); "
                    "missing folders are created")
     return p
+
+
+def one_step_path(out):
+    """Where the unrefined images go when --refiner writes the refined ones to --out."""
+    return out.with_name(out.stem + "_one_step" + out.suffix)
 
 
 def check_args(args):
@@ -131,6 +142,10 @@ def check_args(args):
             print(note)
     if args.noise:
         kw["latents"] = read_noise(args.noise)
+    if args.refiner:
+        check_refine_args(args, "refine-")
+        check_out(one_step_path(args.out))
+        locate(args.refiner)
     return dev, kw
 
 
@@ -146,14 +161,24 @@ def main(argv=None):
         sampler = default_sampler(pipe.path) if args.sampler == "auto" else args.sampler
         out = pipe(args.prompt, args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
                    batch=args.batch, compile=args.compile, sampler=sampler, **kw)
+        s = out.seconds
+        print(f"{sampler}: text encoder {s['text_encoder'] * 1e3:.0f} ms | " + " | ".join(
+              f"step {i + 1} {t * 1e3:.0f} ms" for i, t in enumerate(s["steps"])) + f" | VAE {s['vae'] * 1e3:.0f} ms")
+        images = out.images
+        if args.refiner:
+            save_png(grid(images) if len(images) > 1 else images[0], one_step_path(args.out))
+            pipe.refiner = load_refiner(args.refiner, dtype=DTYPES[args.dtype], device=dev)
+            prompts = [p for p in args.prompt for _ in range(args.batch)]
+            refined = []
+            for image, prompt in zip(images, prompts):
+                r = pipe.refine(image, prompt, size=args.refine_size or None, seed=args.seed, **refine_kwargs(args, "refine-"))
+                print_times(r.seconds)
+                refined.append(r.images[0])
+            images = np.stack(refined)
     except ERRORS as e:
         return fail(e)
-    images = out.images
     save_png(grid(images) if len(images) > 1 else images[0], args.out)
-    s = out.seconds
-    print(f"{sampler}: text encoder {s['text_encoder'] * 1e3:.0f} ms | " + " | ".join(f"step {i + 1} {t * 1e3:.0f} ms"
-          for i, t in enumerate(s["steps"])) + f" | VAE {s['vae'] * 1e3:.0f} ms")
-    print(f"wrote {len(images)} image(s) to {args.out}")
+    print(f"wrote {len(images)} image(s) to {args.out}" + (f" (unrefined: {one_step_path(args.out)})" if args.refiner else ""))
     return 0
 
 

@@ -27,12 +27,12 @@ def read_image(path):
     return np.ascontiguousarray(img[..., :3])
 
 
-def resize(image, height, width):
-    """uint8 [H, W, 3] -> uint8 [height, width, 3], bilinear with antialiasing."""
+def resize(image, height, width, mode="bilinear"):
+    """uint8 [H, W, 3] -> uint8 [height, width, 3], bilinear (or bicubic) with antialiasing."""
     if image.shape[:2] == (height, width):
         return image
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(height, width), mode=mode, antialias=True, align_corners=False)
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 

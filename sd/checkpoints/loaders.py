@@ -1,6 +1,7 @@
 """Load and save SD 1.x components: diffusers-format folders and single-file (LDM) checkpoints.
 
     load_unet(path), load_vae(path), load_text_encoder(path), each with dtype= and device=
+    load_text_encoder(path, component="text_encoder_2"): SDXL's second text encoder (with its projection)
     load_tiny_vae(path): TAESD, a diffusers AutoencoderTiny folder (madebyollin/taesd for SD 1.x)
     save_unet(unet, folder): a diffusers `unet/` folder (config.json + safetensors)
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.clip import SD15_TEXT, TextEncoder
+from ..models.clip import SD15_TEXT, TextEncoder, TextEncoderWithProjection
 from ..models.tiny_vae import TinyVAE
 from ..models.unet import SD15_UNET, UNet
 from ..models.vae import SD15_VAE, VAE
@@ -30,7 +31,7 @@ class CheckpointError(ValueError):
 
 
 WEIGHT_NAMES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model",
-                "controlnet": "diffusion_pytorch_model"}
+                "text_encoder_2": "model", "controlnet": "diffusion_pytorch_model"}
 
 
 def holds(keys):
@@ -253,7 +254,7 @@ def _state_dict(path, component, variant, from_single):
         sd = {}
         for f in _component_files(where, WEIGHT_NAMES[component], variant):
             sd.update(read_weights(f))
-        if component == "text_encoder":
+        if component.startswith("text_encoder"):
             sd = _strip_text(sd)
         return cfg, sd, where
     cfg, sd = from_single(where)
@@ -316,7 +317,9 @@ def load_tiny_vae(path, dtype=None, device="cpu", variant=None):
     return _build(TinyVAE, cfg, sd, where, dtype, device)
 
 
-def load_text_encoder(path, dtype=None, device="cpu", variant=None, config=None):
+def load_text_encoder(path, dtype=None, device="cpu", variant=None, config=None, component="text_encoder"):
+    """CLIP's text tower from a folder's `component` (text_encoder/, or SDXL's text_encoder_2/, which holds a
+    CLIPTextModelWithProjection: its text_projection makes it a TextEncoderWithProjection) or a single file."""
     def single(f):
         prefix = "cond_stage_model.transformer."
         sd = _strip_text(_single_file(f, prefix), prefix)
@@ -326,7 +329,9 @@ def load_text_encoder(path, dtype=None, device="cpu", variant=None, config=None)
                "intermediate_size": sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
                "max_position_embeddings": sd["embeddings.position_embedding.weight"].shape[0]}
         return cfg, sd
-    return _load(path, "text_encoder", TextEncoder, dtype, device, variant, config, single)
+    cfg, sd, where = _state_dict(path, component, variant, single)
+    cls = TextEncoderWithProjection if "text_projection.weight" in sd else TextEncoder
+    return _build(cls, {**cfg, **(config or {})}, sd, where, dtype, device)
 
 
 CLASS_NAMES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",

@@ -1,7 +1,8 @@
 """CLIP (Radford et al. 2021) in transformers' parameter names: the text encoder of SD 1.x, and the whole
 model (text tower, vision tower, projections) that CLIP score measures with.
 
-text_encoder(ids [B, 77]) -> last hidden state [B, 77, 768], after the final layer norm (what SD's UNet reads).
+text_encoder(ids [B, 77]) -> last hidden state [B, 77, 768], after the final layer norm (what SD's UNet reads);
+SDXL's second text encoder (TextEncoderWithProjection) gives the penultimate state and a projected pooled one.
 Both towers are the same pre-LayerNorm transformer layer,
     x += Attn(LN1 x);  x += MLP(LN2 x)    (MLP: fc1 -> quick-GELU or GELU -> fc2),
 the text tower's attention causal (token i sees tokens <= i), the vision tower's not.
@@ -13,6 +14,9 @@ from torch import nn
 
 SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                  num_attention_heads=12, max_position_embeddings=77, layer_norm_eps=1e-5, hidden_act="quick_gelu")
+# SDXL's text_encoder_2 (OpenCLIP ViT-bigG/14's text tower in transformers' layout); its config says eos_token_id 2
+SDXL_TEXT_2 = dict(SD15_TEXT, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                   hidden_act="gelu", projection_dim=1280, eos_token_id=2)
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults (a CLIPModel config.json may leave keys out)
 CLIP_TEXT = dict(SD15_TEXT, hidden_size=512, intermediate_size=2048, num_attention_heads=8, eos_token_id=49407)
 CLIP_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -77,21 +81,46 @@ class TextEncoder(nn.Module):
         self.encoder = encoder(c, causal=True)
         self.final_layer_norm = nn.LayerNorm(c["hidden_size"], c["layer_norm_eps"])
 
-    def forward(self, ids):
+    def hidden_states(self, ids, layers=None):
+        """The residual stream after the first `layers` layers (all by default), before the final
+        LayerNorm: transformers' hidden_states[layers]."""
         n = ids.shape[1]
         if n > self.config["max_position_embeddings"]:
             raise ValueError(f"{n} tokens exceed the {self.config['max_position_embeddings']} positions of the encoder")
         x = self.embeddings.token_embedding(ids) + self.embeddings.position_embedding.weight[:n]
-        for layer in self.encoder.layers:
+        for layer in self.encoder.layers[:layers]:
             x = layer(x)
-        return self.final_layer_norm(x)
+        return x
 
-    def pooled(self, ids):
-        """The final state at the end-of-text token: its first occurrence, or (configs from before
+    def forward(self, ids):
+        return self.final_layer_norm(self.hidden_states(ids))
+
+    def at_eos(self, ids, states):
+        """states [B, n, d] at the end-of-text token: its first occurrence, or (configs from before
         transformers' PR #24773, which say eos_token_id 2) the largest id, as transformers does."""
         eos = self.config.get("eos_token_id", 2)
         at = ids.argmax(-1) if eos == 2 else (ids == eos).int().argmax(-1)
-        return self(ids)[torch.arange(len(ids), device=ids.device), at]
+        return states[torch.arange(len(ids), device=ids.device), at]
+
+    def pooled(self, ids):
+        """The final state at the end-of-text token."""
+        return self.at_eos(ids, self(ids))
+
+
+class TextEncoderWithProjection(TextEncoder):
+    """transformers' CLIPTextModelWithProjection: the text tower plus `text_projection` (no bias). As SDXL's
+    second text encoder (OpenCLIP ViT-bigG's text tower: gelu, 1280 wide, 32 layers) it gives
+        context     = h_{L-1}, the state after the penultimate layer (no final LayerNorm)  [B, 77, 1280]
+        text_embeds = W_proj LN(h_L)[eos]                                                 [B, 1280]"""
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.text_projection = nn.Linear(self.config["hidden_size"], self.config["projection_dim"], bias=False)
+
+    def context_and_pooled(self, ids):
+        h = self.hidden_states(ids, len(self.encoder.layers) - 1)
+        last = self.final_layer_norm(self.encoder.layers[-1](h))
+        return h, self.text_projection(self.at_eos(ids, last))
 
 
 class VisionEncoder(nn.Module):

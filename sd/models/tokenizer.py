@@ -2,7 +2,8 @@
 
 tokenizer(list_of_prompts) -> LongTensor [B, 77]:  <|startoftext|> tokens[:75] <|endoftext|> pad...
 
-1. special tokens in the text are cut out first;
+1. special tokens in the text are cut out first (BOS, EOS and the pad token: SDXL's tokenizer_2 pads with "!",
+   so transformers' CLIPTokenizer, and this one, read every "!" of a prompt as that token);
 2. normalise: Unicode NFC, every whitespace run -> one space, lower case;
 3. split into words like the regex
        's|'t|'re|'ve|'m|'ll|'d | \\p{L}+ | \\p{N} | [^\\s\\p{L}\\p{N}]+
@@ -86,6 +87,8 @@ class Tokenizer:
             if tok not in vocab:
                 raise TokenizerError(f"token {tok!r} is not in the vocabulary")
         self.bos, self.eos, self.pad = vocab[BOS], vocab[EOS], vocab[pad_token]
+        self.special_tokens = {BOS, EOS, pad_token}
+        self.specials = "(" + "|".join(re.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True)) + ")"
         self.byte_chars = bytes_to_unicode()
         self.cache = {}
 
@@ -142,8 +145,8 @@ class Tokenizer:
     def encode(self, text):
         """Token ids of one prompt, without BOS/EOS and untruncated."""
         ids = []
-        for piece in re.split(f"({re.escape(BOS)}|{re.escape(EOS)})", text):
-            if piece in (BOS, EOS):
+        for piece in re.split(self.specials, text):
+            if piece in self.special_tokens:
                 ids.append(self.vocab[piece])
                 continue
             norm = re.sub(r"\s+", " ", unicodedata.normalize("NFC", piece)).lower()     # step 2
@@ -177,19 +180,19 @@ def openai_bpe_path():
                          "wheel (pip install --no-deps clip-anytorch) or pass the file's path")
 
 
-def load_tokenizer(path=None, max_length=77):
-    """From a model folder (tokenizer/ with vocab.json and merges.txt, or tokenizer.json; pad token from its
-    tokenizer_config.json or special_tokens_map.json), a tokenizer folder, OpenAI's .txt.gz, or
-    (path=None) OpenAI's file from an installed CLIP package."""
+def load_tokenizer(path=None, max_length=77, subfolder="tokenizer"):
+    """From a model folder (`subfolder`/ with vocab.json and merges.txt, or tokenizer.json; pad token from its
+    tokenizer_config.json or special_tokens_map.json: SD 1.x pads with <|endoftext|>, SDXL's tokenizer_2
+    with "!"), a tokenizer folder, OpenAI's .txt.gz, or (path=None) OpenAI's file from an installed CLIP package."""
     path = openai_bpe_path() if path is None else Path(path)
     if not path.exists():
         raise TokenizerError(f"{path}: no such file or folder")
     if path.is_file():
         return Tokenizer.from_openai_bpe(path, max_length=max_length)
-    folder = path / "tokenizer" if (path / "tokenizer").is_dir() else path
+    folder = path / subfolder if (path / subfolder).is_dir() else path
     has_files = (folder / "vocab.json").exists() and (folder / "merges.txt").exists()
     if not has_files and not (folder / "tokenizer.json").exists():
-        raise TokenizerError(f"{path}: no tokenizer/vocab.json and merges.txt, nor tokenizer/tokenizer.json")
+        raise TokenizerError(f"{path}: no {subfolder}/vocab.json and merges.txt, nor {subfolder}/tokenizer.json")
     pad = EOS
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         f = folder / name

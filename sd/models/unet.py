@@ -1,6 +1,9 @@
-"""The SD 1.x UNet (diffusers' UNet2DConditionModel, same parameter names), from its config.json.
+"""The SD 1.x UNet (diffusers' UNet2DConditionModel, same parameter names), from its config.json;
+built from SDXL's configs it is SDXL's UNet (base and refiner: several transformer layers per block,
+levels without attention, the "text_time" added conditioning).
 
 unet(latents [B, 4, h, w], timesteps [B] float, context [B, 77, 768]) -> [B, 4, h, w]
+unet(latents, timesteps, context [B, 77, 1280], added=(text_embeds [B, 1280], time_ids [B, 5]))   (SDXL refiner)
 
     conv_in -> down blocks (resnets [+ cross-attention transformers], stride-2 conv) -> mid block
     (resnet, transformer, resnet) -> up blocks (concat the matching skip, resnets [+ transformers],
@@ -25,13 +28,13 @@ SD15_UNET = dict(
 
 
 # diffusers config fields whose other values change the architecture in ways this UNet does not build
-# (SDXL's added embeddings, several transformer layers per block, class conditioning, ...): a config
-# that sets one of them is refused with its name rather than loaded wrong.
+# (class conditioning, Kandinsky's added embeddings, LCM's guidance embedding, ...): a config that sets
+# one of them is refused with its name rather than loaded wrong.
 FIXED_FIELDS = dict(
     center_input_sample=False, flip_sin_to_cos=True, freq_shift=0, mid_block_type="UNetMidBlock2DCrossAttn",
     only_cross_attention=False, downsample_padding=1, mid_block_scale_factor=1, act_fn="silu",
-    transformer_layers_per_block=1, reverse_transformer_layers_per_block=None, encoder_hid_dim=None,
-    encoder_hid_dim_type=None, dual_cross_attention=False, class_embed_type=None, addition_embed_type=None,
+    reverse_transformer_layers_per_block=None, encoder_hid_dim=None,
+    encoder_hid_dim_type=None, dual_cross_attention=False, class_embed_type=None,
     num_class_embeds=None, resnet_time_scale_shift="default", resnet_skip_time_act=False, resnet_out_scale_factor=1.0,
     time_embedding_type="positional", time_embedding_dim=None, time_embedding_act_fn=None, timestep_post_act=None,
     time_cond_proj_dim=None, conv_in_kernel=3, conv_out_kernel=3, attention_type="default",
@@ -42,7 +45,8 @@ BLOCK_TYPES = {"CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpB
 def check_config(c):
     """Refuse configs this UNet cannot build, naming each field. Supported beyond SD 1.x: SD 2.x's
     linear projections (use_linear_projection) and per-level head counts (a list in attention_head_dim;
-    upcast_attention is accepted and, as in diffusers' SDPA attention, changes nothing)."""
+    upcast_attention is accepted and, as in diffusers' SDPA attention, changes nothing); SDXL's
+    transformer_layers_per_block (an int or one per level) and addition_embed_type "text_time"."""
     def same(v, want):
         return v == want or (isinstance(v, (list, tuple)) and all(x == want for x in v))
     bad = [f"{k}={c[k]!r} (supported: {v!r})" for k, v in FIXED_FIELDS.items() if k in c and not same(c[k], v)]
@@ -50,8 +54,21 @@ def check_config(c):
             for t in [*c["down_block_types"], *c.get("up_block_types", [])] if t not in BLOCK_TYPES]
     if c.get("cross_attention_dim") is not None and isinstance(c["cross_attention_dim"], (list, tuple)):
         bad.append(f"cross_attention_dim={c['cross_attention_dim']!r} (one width for every level)")
+    if c.get("addition_embed_type") not in (None, "text_time"):
+        bad.append(f"addition_embed_type={c['addition_embed_type']!r} (supported: None, or SDXL's 'text_time')")
+    depth = c.get("transformer_layers_per_block", 1)
+    if isinstance(depth, (list, tuple)) and (len(depth) != len(c["block_out_channels"])
+                                             or not all(isinstance(d, int) for d in depth)):
+        bad.append(f"transformer_layers_per_block={depth!r} (an int, or one int per level)")
     if bad:
         raise ValueError("UNet config not supported by this SD 1.x/2.x UNet: " + "; ".join(bad))
+
+
+def mlp(cin, cout):
+    """diffusers' TimestepEmbedding: linear_1 -> SiLU -> linear_2 (the SiLU is applied in embed_time)."""
+    m = nn.Module()
+    m.linear_1, m.linear_2 = nn.Linear(cin, cout), nn.Linear(cout, cout)
+    return m
 
 
 class FeedForward(nn.Module):
@@ -84,14 +101,15 @@ class TransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """GroupNorm, project in, flatten the image to a sequence, transformer blocks, back, skip."""
+    """GroupNorm, project in, flatten the image to a sequence, `depth` transformer blocks (1 in SD 1.x/2.x,
+    up to 10 in SDXL), back, skip."""
 
-    def __init__(self, ch, heads, context_dim, groups, eps, linear):
+    def __init__(self, ch, heads, context_dim, groups, eps, linear, depth=1):
         super().__init__()
         self.linear = linear
         self.norm = nn.GroupNorm(groups, ch, eps=1e-6)
         self.proj_in = nn.Linear(ch, ch) if linear else nn.Conv2d(ch, ch, 1)
-        self.transformer_blocks = nn.ModuleList([TransformerBlock(ch, heads, context_dim, eps)])
+        self.transformer_blocks = nn.ModuleList([TransformerBlock(ch, heads, context_dim, eps) for _ in range(depth)])
         self.proj_out = nn.Linear(ch, ch) if linear else nn.Conv2d(ch, ch, 1)
 
     def forward(self, x, context):
@@ -138,30 +156,34 @@ class Encoder(nn.Module):
         boc, n = list(c["block_out_channels"]), c["layers_per_block"]
         heads = c.get("num_attention_heads") or c["attention_head_dim"]   # in SD configs attention_head_dim holds the number of heads
         self.heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(boc)
+        depth = c.get("transformer_layers_per_block", 1)            # SDXL: several transformer blocks per level
+        self.depths = list(depth) if isinstance(depth, (list, tuple)) else [depth] * len(boc)
         temb = 4 * boc[0]
         self.conv_in = nn.Conv2d(c["in_channels"], boc[0], 3, padding=1)
-        self.time_embedding = nn.Module()
-        self.time_embedding.linear_1 = nn.Linear(boc[0], temb)
-        self.time_embedding.linear_2 = nn.Linear(temb, temb)
+        self.time_embedding = mlp(boc[0], temb)
+        if c.get("addition_embed_type") == "text_time":             # SDXL's added conditioning (see embed_time)
+            self.add_embedding = mlp(c["projection_class_embeddings_input_dim"], temb)
         self.down_blocks, ch = nn.ModuleList(), boc[0]
         for i, kind in enumerate(c["down_block_types"]):
             out, last = boc[i], i == len(boc) - 1
             cross = kind.startswith("CrossAttn")
             self.down_blocks.append(Block([self.resnet(ch if j == 0 else out, out) for j in range(n)],
-                                          [self.transformer(out, self.heads[i]) for _ in range(n)] if cross else None,
+                                          [self.transformer(out, self.heads[i], self.depths[i]) for _ in range(n)]
+                                          if cross else None,
                                           downsample=None if last else Downsample(out)))
             ch = out
-        self.mid_block = Block([self.resnet(ch, ch), self.resnet(ch, ch)], [self.transformer(ch, self.heads[-1])])
+        self.mid_block = Block([self.resnet(ch, ch), self.resnet(ch, ch)],
+                               [self.transformer(ch, self.heads[-1], self.depths[-1])])
         self.gradient_checkpointing = False
 
     def resnet(self, cin, cout):
         c = self.config
         return ResnetBlock(cin, cout, 4 * c["block_out_channels"][0], c["norm_num_groups"], c["norm_eps"])
 
-    def transformer(self, ch, heads):
+    def transformer(self, ch, heads, depth):
         c = self.config
         return SpatialTransformer(ch, heads, c["cross_attention_dim"], c["norm_num_groups"], c["norm_eps"],
-                                  c["use_linear_projection"])
+                                  c["use_linear_projection"], depth)
 
     def _run(self, layer, *args):
         """layer(*args); with gradient checkpointing on while training, its activations are not
@@ -170,11 +192,24 @@ class Encoder(nn.Module):
             return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
-    def embed_time(self, timesteps, x):
-        """MLP(sinusoidal embedding of the timesteps), one row per sample of x."""
+    def embed_time(self, timesteps, x, added=None):
+        """MLP(sinusoidal embedding of the timesteps), one row per sample of x. With SDXL's "text_time"
+        conditioning, added = (pooled text embedding p [B, P], time ids [B, K]: original size, crop
+        top-left and target size (base) or aesthetic score (refiner)) adds
+            MLP_add([p, emb(id_1), ..., emb(id_K)]),  emb = the same sinusoids, addition_time_embed_dim wide."""
         timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1).expand(x.shape[0])
         t = timestep_embedding(timesteps, self.config["block_out_channels"][0]).to(x.dtype)
-        return self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(t)))
+        emb = self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(t)))
+        if not hasattr(self, "add_embedding"):
+            if added is not None:
+                raise ValueError("added conditioning given to a UNet without addition_embed_type 'text_time'")
+            return emb
+        if added is None:
+            raise ValueError("this UNet (addition_embed_type 'text_time', SDXL) needs added=(text_embeds, time_ids)")
+        text_embeds, time_ids = added
+        ids = timestep_embedding(time_ids.reshape(-1), self.config["addition_time_embed_dim"])
+        a = torch.cat([text_embeds.float(), ids.reshape(len(text_embeds), -1)], dim=-1).to(x.dtype)
+        return emb + self.add_embedding.linear_2(F.silu(self.add_embedding.linear_1(a)))
 
     def encode(self, h, temb, context):
         """From conv_in's output h through the down blocks and the mid block: (mid block output, skips),
@@ -205,17 +240,17 @@ class UNet(Encoder):
             prev, out, skip_in = ch, rev[i], rev[min(i + 1, len(boc) - 1)]
             cross, last = kind.startswith("CrossAttn"), i == len(boc) - 1
             resnets = [self.resnet((prev if j == 0 else out) + (skip_in if j == n else out), out) for j in range(n + 1)]
-            attns = [self.transformer(out, rheads[i]) for _ in range(n + 1)] if cross else None
+            attns = [self.transformer(out, rheads[i], self.depths[::-1][i]) for _ in range(n + 1)] if cross else None
             self.up_blocks.append(Block(resnets, attns, upsample=None if last else Upsample(out)))
             ch = out
         self.conv_norm_out = nn.GroupNorm(c["norm_num_groups"], boc[0], c["norm_eps"])
         self.conv_out = nn.Conv2d(boc[0], c["out_channels"], 3, padding=1)
 
-    def forward(self, x, timesteps, context, down_residuals=None, mid_residual=None):
-        """down_residuals (one per skip connection, in the order they are made: conv_in's output, then each
+    def forward(self, x, timesteps, context, down_residuals=None, mid_residual=None, added=None):
+        """added: SDXL's (text_embeds, time_ids), see embed_time. down_residuals (one per skip connection, in the order they are made: conv_in's output, then each
         resnet/transformer and downsampler of the down blocks) and mid_residual are added to the skips and
         to the mid block's output, as a ControlNet's outputs are; None (the default) adds nothing."""
-        temb = self.embed_time(timesteps, x)
+        temb = self.embed_time(timesteps, x, added)
         h, skips = self.encode(self.conv_in(x), temb, context)
         if down_residuals is not None:                  # ControlNet: skip_i + r_i
             if len(down_residuals) != len(skips):

@@ -1,9 +1,10 @@
 """The SD VAE (diffusers' AutoencoderKL, same parameter names), from its config.json.
 
-vae.encode(images in [-1, 1], [B, 3, H, W]) -> posterior mean [B, 4, H/8, W/8] (unscaled)
+vae.encode(images in [-1, 1], [B, 3, H, W]) -> posterior mean [B, 4, H/8, W/8] (unscaled; a sample with generator=)
 vae.decode(latents, unscaled)                -> images [B, 3, H, W] (about [-1, 1])
 The pipeline divides by `scaling_factor` (0.18215 for SD 1.5) before decoding.
 """
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
@@ -115,10 +116,20 @@ class VAE(nn.Module):
         self.quant_conv = nn.Conv2d(2 * lat, 2 * lat, 1)
         self.post_quant_conv = nn.Conv2d(lat, lat, 1)
 
-    def encode(self, images):
-        """The mean of the posterior N(mean, exp(logvar)) over latents (no sampling, no scaling)."""
-        mean, _logvar = self.quant_conv(self.encoder(images)).chunk(2, dim=1)
-        return mean
+    def posterior(self, images):
+        """(mean, log-variance) of the posterior N(mean, exp(logvar)) over latents (unscaled); the
+        log-variance clamped to [-30, 20] as diffusers' DiagonalGaussianDistribution does."""
+        mean, logvar = self.quant_conv(self.encoder(images)).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def encode(self, images, generator=None):
+        """The posterior mean (no sampling, no scaling); with a torch.Generator, a sample of it,
+            z = mean + exp(logvar / 2) eps,  eps ~ N(0, I) drawn from `generator` (SDXL img2img's order)."""
+        mean, logvar = self.posterior(images)
+        if generator is None:
+            return mean
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=generator.device).to(mean.device)
+        return mean + torch.exp(0.5 * logvar) * eps
 
     def decode(self, latents):
         return self.decoder(self.post_quant_conv(latents))

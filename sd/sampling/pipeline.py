@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rectflow.checks import positive_int
 
-from ..checkpoints.images import ImageError, to_model_range
+from ..checkpoints.images import ImageError, resize, to_model_range
 from ..checkpoints.loaders import locate, load_text_encoder, load_tiny_vae, load_unet, load_vae
 from ..controlnet.control import control_tensor, controlled
 from ..controlnet.model import misfits
@@ -90,6 +90,7 @@ class Pipeline:
         self.vae_factor = vae.downsampling                 # 8 for SD: 512 px <-> 64 latents (VAE or TinyVAE)
         self._compiled = {}
         self.loras, self.lora_originals = [], {}            # (file, scale) merged; weights before the first
+        self.refiner = None                                 # an SDXL Refiner (sd/sampling/refiner.py) for refine()
 
     def load_lora(self, path, scale=1.0):
         """Merge a LoRA file into the UNet and text encoder (sd/edits/lora.py); several stack."""
@@ -308,6 +309,17 @@ class Pipeline:
         unet, _ = self.networks(compile)
         return sample(unet, self._context(prompts, negatives, guidance), x1, steps, guidance, "euler", compile,
                       t0=1.0, t1=0.0)
+
+    def refine(self, image, prompt, size=1024, **kw):
+        """InstaFlow's demo's last step: the SDXL Refiner (set pipe.refiner = load_refiner(...)) on a generated
+        image (uint8 [H, W, 3]), resized first to size x size (bicubic; None keeps it). Keywords go to
+        Refiner.refine (strength=0.3, steps=50, guidance=5.0, seed, negative_prompt, ...)."""
+        if self.refiner is None:
+            raise PipelineError("no refiner: set pipe.refiner = sd.sampling.refiner.load_refiner(PATH) first")
+        if size is not None:
+            check_size("size", size, 8)
+            image = resize(np.asarray(image), size, size, mode="bicubic")
+        return self.refiner.refine(image, prompt, **kw)
 
     def interpolate(self, prompt, seed_a, seed_b, frames=8, **kw):
         """Images along the slerp between two seeds' noises, one call (InstaFlow: one step) per frame."""

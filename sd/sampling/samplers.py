@@ -12,6 +12,12 @@ DPM-Solver++(2M) (Lu et al. 2022) is a second-order multistep exponential integr
 lambda = log(alpha / sigma) on the data prediction x_0_hat.
 Timesteps follow diffusers' DDIMScheduler ("leading" spacing, steps_offset) and
 DPMSolverMultistepScheduler ("linspace" spacing, final sigma 0) so that results match them.
+
+The SDXL Refiner's Euler-discrete sampler (Karras et al. 2022, as diffusers' EulerDiscreteScheduler) works
+in variance-exploding coordinates  x = x_0 + s eps,  s = sigma / alpha = sqrt((1 - alpha_bar) / alpha_bar):
+the UNet sees x / sqrt(s^2 + 1) (the VP latent) and the ODE dx/ds = eps_hat is stepped by Euler,
+x <- x + (s_next - s) eps_hat, which is DDIM again (hence the Euler step in rectified-flow time) on
+the Euler schedule's timesteps.
 """
 import math
 
@@ -111,6 +117,48 @@ def sample_dpmpp_2m(eps_model, x, steps, alphas_cumprod=None, callback=None):
                 x = (s_t / s_s) * x - a_t * math.expm1(-h) * x0 - 0.5 * a_t * math.expm1(-h) * d1
         x = x.to(eps.dtype)
         prev_x0 = x0
+        if callback:
+            callback(i, x)
+    return x
+
+
+def euler_discrete_schedule(steps, n=1000, spacing="leading", offset=1, alphas_cumprod=None):
+    """diffusers' EulerDiscreteScheduler.set_timesteps: the timesteps (float32; "leading":
+    k_i = (N - 1 - i) floor(n / N) + offset, "trailing" and "linspace" too) and the sigmas
+    s_i = sqrt((1 - alpha_bar) / alpha_bar) interpolated linearly at k_i, then a final 0."""
+    ac = sd_alphas_cumprod(n) if alphas_cumprod is None else alphas_cumprod
+    if spacing == "leading":
+        timesteps = (np.arange(0, steps) * (n // steps)).round()[::-1].astype(np.float32) + offset
+    elif spacing == "trailing":
+        timesteps = np.arange(n, 0, -n / steps).round().astype(np.float32) - 1
+    elif spacing == "linspace":
+        timesteps = np.linspace(0, n - 1, steps, dtype=np.float32)[::-1].copy()
+    else:
+        raise ValueError(f"timestep_spacing {spacing!r} is not supported (leading, trailing or linspace)")
+    all_sigmas = (((1 - ac) / ac) ** 0.5).numpy()
+    sigmas = np.interp(timesteps, np.arange(len(all_sigmas)), all_sigmas)
+    return torch.from_numpy(timesteps.copy()), torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32))
+
+
+def img2img_start(steps, strength):
+    """diffusers' img2img: keep the last int(N strength) of N steps; the index of the first one kept."""
+    return steps - min(int(steps * strength), steps)
+
+
+def add_noise(x0, noise, sigma):
+    """The image's latents at noise level sigma:  x = x_0 + sigma eps  (variance-exploding coordinates)."""
+    return x0 + noise * sigma.to(x0.dtype)
+
+
+def sample_euler_discrete(eps_model, x, timesteps, sigmas, callback=None):
+    """Euler steps of dx/ds = eps_hat over the given (timesteps, sigmas): the UNet sees x / sqrt(s^2 + 1) at
+    timestep k_i; x_0_hat = x - s eps_hat;  d = (x - x_0_hat) / s;  x <- x + (s_next - s) d,  in float32."""
+    for i, k in enumerate(timesteps):
+        s = sigmas[i]
+        eps = eps_model(x / (s ** 2 + 1) ** 0.5, k)
+        xf = x.float()
+        x0 = xf - s * eps                            # data prediction
+        x = (xf + (xf - x0) / s * (sigmas[i + 1] - s)).to(eps.dtype)
         if callback:
             callback(i, x)
     return x
