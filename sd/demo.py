@@ -12,7 +12,9 @@ prompt is typed (after `python -m sd.mini --fast` or a full run). The page's onl
 
 It binds 127.0.0.1 (another --host is reachable from the network: a warning says so), runs one
 generation at a time with --queue more waiting (503 beyond), and checks every field (400 naming it).
-The SDXL Refiner's "Refine" button of InstaFlow's demo is not here (the refiner is not implemented yet).
+With --refiner PATH (the SDXL Refiner's folder), a "Refine" button sends the last image's parameters to
+POST /api/refine, which regenerates that image and refines it (--refine-strength 0.3 of --refine-steps 50,
+--refine-guidance 5, at --refine-size 1024: InstaFlow's demo's defaults; "strength" may come with the request).
 """
 import argparse
 import sys
@@ -20,8 +22,11 @@ from pathlib import Path
 
 from rectflow.checks import HelpFormatter, positive_int
 
-from .cli import ERRORS, add_model_args, check_model_args, fail, load_edited
+from .checkpoints.loaders import locate
+from .cli import (DTYPES, ERRORS, add_model_args, add_refine_args, check_model_args, check_refine_args, fail, load_edited,
+                  refine_kwargs)
 from .sampling.pipeline import check_size, default_sampler
+from .sampling.refiner import load_refiner
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -31,6 +36,9 @@ def build_parser():
     add_model_args(ap, model_required=False)
     ap.add_argument("--mini", type=Path, help="a `python -m sd.mini` run folder: its three models side by side "
                                               "(instead of --model)")
+    ap.add_argument("--refiner", type=Path, metavar="PATH", help="the SDXL Refiner (its diffusers folder or model id): "
+                                                                  "adds the page's Refine button and POST /api/refine")
+    add_refine_args(ap, "refine-")
     ap.add_argument("--size", type=int, default=512, help="the page's default height and width (multiple of 8)")
     ap.add_argument("--max-side", type=int, default=1024, help="the largest height or width a request may ask for")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (another than 127.0.0.1 is reachable from "
@@ -51,6 +59,11 @@ def check_args(ap, args):
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: outside 0..65535")
     positive_int(args.max_side, "--max-side")
+    if args.refiner is not None:
+        if args.model is None:
+            raise ValueError("--refiner refines a --model's images (not the mini's)")
+        check_refine_args(args, "refine-")
+        locate(args.refiner)
     if args.model is not None:
         check_size("--size", args.size, 8)
         if args.size > args.max_side:
@@ -71,7 +84,11 @@ def main(argv=None):
         else:
             pipe = load_edited(args, dev)
             sampler = default_sampler(pipe.path) if args.sampler == "auto" else args.sampler
-            backend = PipelineBackend(pipe, str(args.model), args.steps, args.guidance, args.size, sampler, args.max_side)
+            if args.refiner is not None:
+                pipe.refiner = load_refiner(args.refiner, dtype=DTYPES[args.dtype], device=dev)
+            refine = {**refine_kwargs(args, "refine-"), "size": args.refine_size}
+            backend = PipelineBackend(pipe, str(args.model), args.steps, args.guidance, args.size, sampler, args.max_side,
+                                      refine)
         server = make_server(backend, args.host, args.port, args.queue)
     except (*ERRORS, ValueError, OSError) as e:
         return fail(e)

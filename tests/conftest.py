@@ -32,6 +32,15 @@ def model(tmp_path_factory):
     return root, unet, vae, text, tok
 
 
+@pytest.fixture(scope="module")
+def refiner(tmp_path_factory):
+    """A tiny random SDXL refiner folder and diffusers' img2img pipeline on it (tests/tiny_sd.py)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("diffusers")
+    from tests.tiny_sd import tiny_refiner_folder
+    return tiny_refiner_folder(tmp_path_factory.mktemp("refiner"))
+
+
 @pytest.fixture(scope="session")
 def mini_fast(tmp_path_factory):
     """One `python -m sd.mini --fast` run for the session: (its folder, the finished process). test_mini checks

@@ -167,6 +167,10 @@ def test_cli_errors_exit_2_before_loading(tmp_path):
                           (("--model", tmp_path / "none", "--port", "70000"), "--port 70000: outside 0..65535"),
                           (("--model", tmp_path / "none", "--size", "500"), "--size must be a positive multiple of 8, got 500"),
                           (("--model", tmp_path / "none", "--steps", "0"), "--steps must be a positive integer"),
+                          (("--mini", tmp_path, "--refiner", tmp_path), "not a finished"),
+                          (("--model", tmp_path / "none", "--refiner", tmp_path, "--refine-strength", "0"),
+                           "--refine-strength must lie in (0, 1]"),
+                          (("--model", tmp_path / "none", "--refiner", tmp_path / "nope"), "nope: no such file or folder"),
                           (("--model", tmp_path / "none"), "no such file or folder")]:
         r = demo(*args)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
@@ -204,6 +208,43 @@ def test_mini_mode_answers_with_three_models(mini):
     assert all(i.shape == (16, 16, 3) for i in images) and not np.array_equal(images[0], images[2])
 
 
+@pytest.fixture(scope="module")
+def refining(tiny, refiner):
+    """The tiny model with the tiny SDXL refiner: Refine at 0.5 of 8 steps, at 48 x 48 pixels."""
+    from sd.sampling.refiner import load_refiner
+    pipe = load_pipeline(tiny[0])
+    pipe.refiner = load_refiner(refiner[0])
+    server, url = serve(PipelineBackend(pipe, "tiny+refiner", steps=1, size=32, max_side=256,
+                                        refine={"strength": 0.5, "steps": 8, "guidance": 5.0, "size": 48}))
+    yield pipe, url
+    server.shutdown()
+    server.server_close()
+
+
+def test_refine_regenerates_the_image_and_refines_it(refining, tiny):
+    pipe, url = refining
+    info = json.loads(call(url + "/api/info")[1])
+    assert info["refiner"].endswith("model") and info["refine_defaults"]["strength"] == 0.5
+    assert json.loads(call(tiny[1] + "/api/info")[1])["refiner"] is None
+    body = {"prompt": "a red circle", "seed": 4, "steps": 1, **SIZE}
+    code, answer = call(url + "/api/refine", {**body, "strength": 0.75})
+    answer = json.loads(answer)
+    assert code == 200 and answer["strength"] == 0.75 and len(answer["seconds"]["refine"]["steps"]) == 6
+    one_step = pipe("a red circle", seed=4, progress=False, **SIZE).images[0]
+    want = pipe.refine(one_step, "a red circle", size=48, strength=0.75, steps=8, guidance=5.0, seed=4, progress=False)
+    assert np.array_equal(png(answer["image"]), want.images[0])
+    for bad, message in (({**body, "strength": 0}, "strength: 0 is outside (0, 1]"),
+                         ({**body, "strength": 1.5}, "strength: 1.5 is outside (0, 1]"),
+                         ({**body, "strength": "x"}, "strength: a number is needed"),
+                         ({**body, "strength": 0.1}, "runs no step")):
+        code, answer = call(url + "/api/refine", bad)
+        assert code == 400 and message in json.loads(answer)["error"], answer
+    code, answer = call(url + "/api/generate", {**body, "strength": 0.5})      # generate takes no strength
+    assert code == 400 and "strength: unknown field" in json.loads(answer)["error"]
+    code, answer = call(tiny[1] + "/api/refine", body)                          # no refiner: no such route
+    assert code == 404
+
+
 # ---- the page in a real browser --------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -235,6 +276,24 @@ def test_page_generates_shows_timing_and_errors(browser, tiny):
     page.click("#generate")
     page.wait_for_selector("#error:not([hidden])")
     assert "steps: 0 is outside 1..50" in page.text_content("#error")
+    page.close()
+
+
+def test_page_refines_the_last_image(browser, refining, tiny):
+    page = browser.new_page()
+    page.goto(tiny[1] + "/")
+    page.wait_for_function("document.getElementById('model').textContent.includes('tiny')")
+    assert not page.is_visible("#refine")                                       # no refiner, no button
+    page.goto(refining[1] + "/")
+    page.wait_for_function("document.getElementById('model').textContent.includes('refiner')")
+    assert page.is_visible("#refine") and page.input_value("#strength") == "0.5"
+    page.fill("#seed", "4")
+    page.click("#generate")
+    page.wait_for_selector("#results img")
+    page.click("#refine")
+    page.wait_for_function("document.getElementById('timing').textContent.includes('refiner')")
+    assert "refined (strength 0.5)" in page.text_content("#results figcaption")
+    assert page.locator("#history img").count() == 2
     page.close()
 
 

@@ -19,30 +19,10 @@ from sd.sampling.samplers import euler_discrete_schedule, img2img_start
 from tests.conftest import ROOT
 from tests.prompts import prompts
 from tests.test_sd_models import randomize
+from tests.tiny_sd import BASE_UNET, PROJ, REFINER_SCHEDULER, REFINER_UNET, ref_text_2
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-
-PROJ = 16
-# the refiner's structure (no attention at the outer levels, per-level heads, linear projections, several
-# transformer layers per block, 5 time ids) and SDXL base's (3 levels, 1/2/3 layers, 6 time ids), tiny widths
-REFINER_UNET = dict(block_out_channels=[16, 32, 64, 64], layers_per_block=2,
-                    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-                    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-                    attention_head_dim=[2, 4, 8, 8], transformer_layers_per_block=2, use_linear_projection=True,
-                    cross_attention_dim=32, addition_embed_type="text_time", addition_time_embed_dim=8,
-                    projection_class_embeddings_input_dim=PROJ + 5 * 8, norm_num_groups=8, sample_size=16)
-BASE_UNET = dict(block_out_channels=[16, 32, 64], layers_per_block=2,
-                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-                 up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-                 attention_head_dim=[1, 2, 4], transformer_layers_per_block=[1, 2, 3], use_linear_projection=True,
-                 cross_attention_dim=48, addition_embed_type="text_time", addition_time_embed_dim=8,
-                 projection_class_embeddings_input_dim=PROJ + 6 * 8, norm_num_groups=8, sample_size=16)
-# stabilityai/stable-diffusion-xl-refiner-1.0's scheduler/scheduler_config.json
-REFINER_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
-                         num_train_timesteps=1000, prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
-                         use_karras_sigmas=False)
-
 
 def rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
@@ -85,15 +65,6 @@ def test_unet_asks_for_what_it_lacks_and_refuses_other_added_embeddings():
         UNet({**REFINER_UNET, "addition_embed_type": "text"})
     with pytest.raises(ValueError, match="transformer_layers_per_block=\\[1, 2\\]"):
         UNet({**REFINER_UNET, "transformer_layers_per_block": [1, 2]})
-
-
-def ref_text_2(eos_token_id=2, vocab_size=514):
-    """transformers' CLIPTextModelWithProjection in the layout of SDXL's text_encoder_2 (gelu, projection; its
-    config says eos_token_id 2, the legacy value that makes transformers pool at the largest id)."""
-    cfg = transformers.CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                      num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
-                                      projection_dim=PROJ, bos_token_id=0, eos_token_id=eos_token_id, pad_token_id=1)
-    return randomize(transformers.CLIPTextModelWithProjection(cfg), 2)
 
 
 def test_text_encoder_2_matches_transformers(tmp_path):
@@ -157,33 +128,6 @@ def test_euler_discrete_schedule_matches_diffusers(steps, strength, spacing):
 
 
 # ---- whole refines against diffusers' StableDiffusionXLImg2ImgPipeline ---------------------------------------
-
-def byte_tokenizer_2(folder):
-    from tests.tiny_sd import byte_tokenizer
-    byte_tokenizer(folder)
-    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!",
-                                      model_max_length=77)
-
-
-@pytest.fixture(scope="module")
-def refiner(tmp_path_factory):
-    """A tiny random SDXL refiner folder written by diffusers (model_index.json, unet/, vae/ with SDXL's
-    scaling factor and force_upcast, text_encoder_2/, tokenizer_2/ padding with "!", scheduler/), and the
-    diffusers pipeline reading it."""
-    root = tmp_path_factory.mktemp("refiner")
-    vae = randomize(diffusers.AutoencoderKL(block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8,
-                                            latent_channels=4, down_block_types=["DownEncoderBlock2D"] * 2,
-                                            up_block_types=["UpDecoderBlock2D"] * 2, scaling_factor=0.13025,
-                                            force_upcast=True), 1)
-    pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
-        vae=vae, text_encoder=None, text_encoder_2=ref_text_2(), tokenizer=None,
-        tokenizer_2=byte_tokenizer_2(root / "tok"), unet=randomize(diffusers.UNet2DConditionModel(**REFINER_UNET), 3),
-        scheduler=diffusers.EulerDiscreteScheduler(**REFINER_SCHEDULER), requires_aesthetics_score=True,
-        force_zeros_for_empty_prompt=False, add_watermarker=False)
-    pipe.save_pretrained(root / "model")
-    pipe.set_progress_bar_config(disable=True)
-    return root / "model", pipe
-
 
 def image(seed=4, size=32):
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)

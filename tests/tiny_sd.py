@@ -39,3 +39,59 @@ def tiny_sd_folder(root):
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(root / "model")
     return root / "model"
+
+
+PROJ = 16
+# the refiner's structure (no attention at the outer levels, per-level heads, linear projections, several
+# transformer layers per block, 5 time ids) and SDXL base's (3 levels, 1/2/3 layers, 6 time ids), tiny widths
+REFINER_UNET = dict(block_out_channels=[16, 32, 64, 64], layers_per_block=2,
+                    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                    attention_head_dim=[2, 4, 8, 8], transformer_layers_per_block=2, use_linear_projection=True,
+                    cross_attention_dim=32, addition_embed_type="text_time", addition_time_embed_dim=8,
+                    projection_class_embeddings_input_dim=PROJ + 5 * 8, norm_num_groups=8, sample_size=16)
+BASE_UNET = dict(block_out_channels=[16, 32, 64], layers_per_block=2,
+                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                 up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                 attention_head_dim=[1, 2, 4], transformer_layers_per_block=[1, 2, 3], use_linear_projection=True,
+                 cross_attention_dim=48, addition_embed_type="text_time", addition_time_embed_dim=8,
+                 projection_class_embeddings_input_dim=PROJ + 6 * 8, norm_num_groups=8, sample_size=16)
+# stabilityai/stable-diffusion-xl-refiner-1.0's scheduler/scheduler_config.json
+REFINER_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+                         num_train_timesteps=1000, prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
+                         use_karras_sigmas=False)
+
+
+def ref_text_2(eos_token_id=2, vocab_size=514):
+    """transformers' CLIPTextModelWithProjection in the layout of SDXL's text_encoder_2 (gelu, projection; its
+    config says eos_token_id 2, the legacy value that makes transformers pool at the largest id)."""
+    import transformers
+    from tests.test_sd_models import randomize
+    cfg = transformers.CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
+                                      projection_dim=PROJ, bos_token_id=0, eos_token_id=eos_token_id, pad_token_id=1)
+    return randomize(transformers.CLIPTextModelWithProjection(cfg), 2)
+
+
+def tiny_refiner_folder(root):
+    """A tiny random SDXL refiner folder written by diffusers (model_index.json, unet/ with the refiner's
+    structure, vae/ with SDXL's scaling factor and force_upcast, text_encoder_2/, tokenizer_2/ padding with "!",
+    scheduler/ as the refiner's): (folder, the diffusers StableDiffusionXLImg2ImgPipeline on it)."""
+    import diffusers
+    import transformers
+    from tests.test_sd_models import randomize
+    byte_tokenizer(root / "tok")
+    tok = transformers.CLIPTokenizer(str(root / "tok" / "vocab.json"), str(root / "tok" / "merges.txt"), pad_token="!",
+                                     model_max_length=77)
+    vae = randomize(diffusers.AutoencoderKL(block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8,
+                                            latent_channels=4, down_block_types=["DownEncoderBlock2D"] * 2,
+                                            up_block_types=["UpDecoderBlock2D"] * 2, scaling_factor=0.13025,
+                                            force_upcast=True), 1)
+    pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=ref_text_2(), tokenizer=None, tokenizer_2=tok,
+        unet=randomize(diffusers.UNet2DConditionModel(**REFINER_UNET), 3),
+        scheduler=diffusers.EulerDiscreteScheduler(**REFINER_SCHEDULER), requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False, add_watermarker=False)
+    pipe.save_pretrained(root / "model")
+    pipe.set_progress_bar_config(disable=True)
+    return root / "model", pipe

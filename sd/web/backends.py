@@ -1,6 +1,7 @@
 """What the demo server generates with: a Pipeline (InstaFlow, 2-RF, SD, sd.tiny, ...), or the mini
 InstaFlow's three models side by side. Each backend has info(), limits() and generate(params) -> dict
-with PNG data URLs; the server (sd/web/server.py) has checked `params` against limits() first."""
+with PNG data URLs (a Pipeline with an SDXL Refiner also refine(params)); the server (sd/web/server.py)
+has checked `params` against limits() first."""
 import base64
 import io
 import json
@@ -30,19 +31,23 @@ def pick_seed(params):
 class PipelineBackend:
     """One model: one image per request, with the pipeline's timings."""
 
-    def __init__(self, pipe, name, steps=1, guidance=1.0, size=512, sampler="euler", max_side=1024):
+    def __init__(self, pipe, name, steps=1, guidance=1.0, size=512, sampler="euler", max_side=1024, refine=None):
         self.pipe, self.name, self.sampler, self.max_side = pipe, name, sampler, max_side
         self.defaults = {"steps": steps, "guidance": guidance, "height": size, "width": size, "negative_prompt": ""}
+        # with pipe.refiner set: Refiner.refine's defaults (InstaFlow's demo: 0.3 of 50 steps, guidance 5, at 1024)
+        self.refine_defaults = {"strength": 0.3, "steps": 50, "guidance": 5.0, "size": 1024, **(refine or {})}
 
     def info(self):
         return {"mode": "model", "model": self.name, "sampler": self.sampler, "dtype": str(self.pipe.dtype).split(".")[-1],
-                "device": str(self.pipe.device), "defaults": self.defaults, "models": [self.name]}
+                "device": str(self.pipe.device), "defaults": self.defaults, "models": [self.name],
+                "refiner": None if self.pipe.refiner is None else str(self.pipe.refiner.path),
+                "refine_defaults": self.refine_defaults if self.pipe.refiner is not None else None}
 
     def limits(self):
         return {"prompt_chars": PROMPT_CHARS, "steps": (1, 50), "guidance": (0.0, 30.0), "side": (16, self.max_side),
                 "multiple": 8}
 
-    def generate(self, params):
+    def _generate(self, params):
         p = {**self.defaults, **params}
         seed = pick_seed(params)
         t0 = time.perf_counter()
@@ -51,7 +56,24 @@ class PipelineBackend:
                         progress=False)
         total = time.perf_counter() - t0
         return {"image": png_data_url(out.images[0]), "seed": seed,
-                "seconds": {**out.seconds, "total": total}}
+                "seconds": {**out.seconds, "total": total}}, out
+
+    def generate(self, params):
+        return self._generate(params)[0]
+
+    def refine(self, params):
+        """The image of `params` (the same seed gives it again), then the SDXL Refiner on it (`strength` from
+        params, the rest from refine_defaults): its image, the one-step image's timings and the refiner's."""
+        if self.pipe.refiner is None:
+            raise ValueError("no refiner: start the demo with --refiner PATH")
+        first, out = self._generate(params)
+        r = {**self.refine_defaults, **({"strength": params["strength"]} if "strength" in params else {})}
+        t0 = time.perf_counter()
+        refined = self.pipe.refine(out.images[0], params["prompt"], size=r.pop("size") or None,
+                                   negative_prompt=params.get("negative_prompt") or None, seed=first["seed"],
+                                   progress=False, **r)
+        return {"image": png_data_url(refined.images[0]), "seed": first["seed"], "strength": r["strength"],
+                "seconds": {**first["seconds"], "refine": {**refined.seconds, "total": time.perf_counter() - t0}}}
 
 
 class MiniBackend:

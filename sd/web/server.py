@@ -3,6 +3,7 @@
     GET  /api/info       -> the backend's info (model, sampler, dtype, device, defaults, limits)
     POST /api/generate   {"prompt", "negative_prompt", "seed", "steps", "guidance", "height", "width"}
                          (all optional but the prompt) -> the backend's answer (images as PNG data URLs)
+    POST /api/refine     the same fields (+ "strength") -> that image refined by the SDXL Refiner (--refiner)
     GET  /, /demo.js, /demo.css   the page (sd/web/static/), nothing else: no path from a request
                                   reaches the file system
 
@@ -21,6 +22,7 @@ PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index
          "/demo.js": ("demo.js", "text/javascript; charset=utf-8"), "/demo.css": ("demo.css", "text/css; charset=utf-8")}
 MAX_BODY = 16 * 1024
 FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "height", "width")
+ROUTES = {"/api/generate": FIELDS, "/api/refine": FIELDS + ("strength",)}
 
 
 class BadRequest(ValueError):
@@ -40,18 +42,28 @@ def _int(body, name, lo, hi):
     return v
 
 
-def parse_request(raw, limits):
-    """The checked parameters of a /api/generate body (bytes). limits: prompt_chars, steps (lo, hi),
-    guidance (lo, hi), side (lo, hi), multiple. Raises BadRequest naming the field."""
+def _number(body, name, lo, hi, low_open=False):
+    v = body[name]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise BadRequest(f"{name}: a number is needed, got {json.dumps(v)}")
+    if not (lo < v if low_open else lo <= v) or not v <= hi:
+        raise BadRequest(f"{name}: {v} is outside " + (f"({lo}, {hi}]" if low_open else f"{lo}..{hi}"))
+    return float(v)
+
+
+def parse_request(raw, limits, fields=FIELDS):
+    """The checked parameters of a /api/generate (or /api/refine: `fields` with "strength") body (bytes).
+    limits: prompt_chars, steps (lo, hi), guidance (lo, hi), side (lo, hi), multiple. Raises BadRequest
+    naming the field."""
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRequest(f"body: not JSON ({e})") from None
     if not isinstance(body, dict):
         raise BadRequest("body: a JSON object is needed")
-    unknown = sorted(set(body) - set(FIELDS))
+    unknown = sorted(set(body) - set(fields))
     if unknown:
-        raise BadRequest(f"{unknown[0]}: unknown field (valid: {', '.join(FIELDS)})")
+        raise BadRequest(f"{unknown[0]}: unknown field (valid: {', '.join(fields)})")
     out = {}
     for name in ("prompt", "negative_prompt"):
         if name in body:
@@ -68,13 +80,9 @@ def parse_request(raw, limits):
     if "steps" in body:
         out["steps"] = _int(body, "steps", *limits["steps"])
     if "guidance" in body:
-        v = body["guidance"]
-        lo, hi = limits["guidance"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise BadRequest(f"guidance: a number is needed, got {json.dumps(v)}")
-        if not lo <= v <= hi:
-            raise BadRequest(f"guidance: {v} is outside {lo}..{hi}")
-        out["guidance"] = float(v)
+        out["guidance"] = _number(body, "guidance", *limits["guidance"])
+    if "strength" in body:
+        out["strength"] = _number(body, "strength", 0, 1, low_open=True)
     for name in ("height", "width"):
         if name in body:
             v = _int(body, name, *limits["side"])
@@ -132,8 +140,10 @@ def make_server(backend, host="127.0.0.1", port=7860, queue=4, quiet=False):
             self.send(HTTPStatus.NOT_FOUND, {"error": f"{path}: not found"})
 
         def do_POST(self):
-            if self.path.split("?", 1)[0] != "/api/generate":
-                return self.send(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found (POST /api/generate)"})
+            route = self.path.split("?", 1)[0]
+            if route not in ROUTES or (route == "/api/refine" and not backend.info().get("refiner")):
+                return self.send(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found (POST /api/generate"
+                                                                 + (", /api/refine)" if backend.info().get("refiner") else ")")})
             try:
                 n = int(self.headers.get("Content-Length", "0"))
             except ValueError:
@@ -145,14 +155,15 @@ def make_server(backend, host="127.0.0.1", port=7860, queue=4, quiet=False):
                 return self.send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                  {"error": f"body: {n} bytes; at most {MAX_BODY}"})
             try:
-                params = parse_request(self.rfile.read(n), backend.limits())
+                params = parse_request(self.rfile.read(n), backend.limits(), ROUTES[route])
             except BadRequest as e:
                 return self.send(e.status, {"error": str(e)})
             if not gate.enter():
                 return self.send(HTTPStatus.SERVICE_UNAVAILABLE,
                                  {"error": f"busy: one generation runs and {queue} wait; try again"})
             try:
-                self.send(HTTPStatus.OK, gate.run(lambda: backend.generate(params)))
+                run = backend.refine if route == "/api/refine" else backend.generate
+                self.send(HTTPStatus.OK, gate.run(lambda: run(params)))
             except (ValueError, RuntimeError) as e:           # the model's own refusal (a size it cannot take, ...)
                 self.send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
 

@@ -1,8 +1,9 @@
 // The demo page: reads /api/info, sends /api/generate, shows the image(s), their timings and a history.
 // In mini mode it regenerates as the prompt is typed (debounced); otherwise on the Generate button.
+// With a refiner (sd.demo --refiner), Refine sends the last image's parameters to /api/refine.
 "use strict";
 const $ = (id) => document.getElementById(id);
-let info = null, timer = null, pending = 0;
+let info = null, timer = null, pending = 0, last = null;
 
 function showError(message) {
   $("error").textContent = message || "";
@@ -41,11 +42,13 @@ function show(answer) {
     first = answer.images[answer.images.length - 1].image;
     $("timing").textContent = `seed ${answer.seed}`;
   } else {
-    const s = answer.seconds;
-    results.append(figure(answer.image, `seed ${answer.seed}`));
+    const s = answer.seconds, sum = (xs) => ms(xs.reduce((a, b) => a + b, 0));
+    results.append(figure(answer.image, s.refine ? `seed ${answer.seed}, refined (strength ${answer.strength})`
+                                                 : `seed ${answer.seed}`));
     first = answer.image;
     $("timing").textContent = `total ${ms(s.total)}: text encoder ${ms(s.text_encoder)}, ` +
-      `${s.steps.length} step(s) ${ms(s.steps.reduce((a, b) => a + b, 0))}, VAE ${ms(s.vae)}`;
+      `${s.steps.length} step(s) ${sum(s.steps)}, VAE ${ms(s.vae)}` + (s.refine ?
+      ` · refiner ${ms(s.refine.total)}: ${s.refine.steps.length} step(s) ${sum(s.refine.steps)}` : "");
   }
   const thumb = document.createElement("img");
   thumb.src = first; thumb.title = `${$("prompt").value} (seed ${answer.seed})`;
@@ -54,12 +57,14 @@ function show(answer) {
   while (history.children.length > 8) history.lastChild.remove();
 }
 
-async function generate() {
+async function generate(refine = false) {
   const id = ++pending;
   let answer;
+  const body = refine ? { ...last, strength: Number($("strength").value) } : params();
+  if (!refine) last = body;
   try {
-    const r = await fetch("/api/generate", { method: "POST", headers: { "Content-Type": "application/json" },
-                                             body: JSON.stringify(params()) });
+    const r = await fetch(refine ? "/api/refine" : "/api/generate", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     answer = await r.json();
     if (id !== pending) return;                // a newer request was sent meanwhile
     if (!r.ok) { showError(answer.error || `HTTP ${r.status}`); return; }
@@ -77,6 +82,11 @@ async function start() {
   document.body.classList.toggle("mini", info.mode === "mini");
   for (const [k, v] of Object.entries(info.defaults)) if ($(k)) $(k).value = v;
   $("form").addEventListener("submit", (e) => { e.preventDefault(); generate(); });
+  if (info.refiner) {
+    $("refine").hidden = $("strength-label").hidden = false;
+    $("strength").value = info.refine_defaults.strength;
+    $("refine").addEventListener("click", () => (last ? generate(true) : showError("generate an image first")));
+  }
   if (info.mode === "mini") {
     $("generate").textContent = "Generate (or type)";
     $("prompt").addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(generate, 150); });
