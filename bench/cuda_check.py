@@ -20,6 +20,8 @@ Sections, in this order (the report is rewritten after each, so a run cut short 
   8. evaluation (sd.evaluate's pieces): 64 captions end to end, images per second for generation, for
      FID's Inception and for CLIP score (ViT-L/14 shapes, random weights), and what 5k / 30k images cost
   9. the tests marked `cuda` (pytest -m cuda)
+ 10. the SDXL Refiner (random full-size weights, 2.3 B UNet parameters) refining one image as InstaFlow's demo
+     does (0.3 of 50 steps, guidance 5) at 512x512 and 1024x1024, eager and with the UNet compiled
 A check that fails is marked FAIL (with the error) and the script exits with status 1 at the end.
 --smoke runs the same code with tiny configs, 64x64 images, few repeats and the CPU's dtypes.
 """
@@ -412,6 +414,37 @@ def run_cuda_tests(rep, ctx):
         rep.line("```\n" + "\n".join(l for l in lines if l.startswith(("FAILED", "ERROR", "E "))) [-3000:] + "\n```")
 
 
+# ---- 10. the SDXL Refiner ----------------------------------------------------------------------------
+
+def measure_refiner(rep, ctx):
+    """Refine latency by part (medians of 3 after warm-up), rows written as measured."""
+    from bench.models import random_refiner
+    refiner = random_refiner("tiny" if ctx.smoke else "full", ctx.dev, ctx.dtype)
+    steps, reps = (10, 1) if ctx.smoke else (50, 3)
+    sizes = (64, 128) if ctx.smoke else (512, 1024)
+    kept = int(steps * 0.3)
+    rep.line(f"{'Tiny' if ctx.smoke else 'Full-size'} random refiner, {ctx.dtype_name} (VAE fp32), strength 0.3 of "
+             f"{steps} steps = {kept} UNet calls with CFG (batch 2), guidance 5; medians of {reps}.\n")
+    rep.table(["size", "UNet", "text encoder (ms)", "VAE encode (ms)", f"{kept} steps (ms)", "VAE decode (ms)",
+               "total (ms)", "peak GPU memory (GiB)"])
+    modes = [("eager", False)] + ([] if ctx.smoke else [("compiled", "default")])
+    for size in sizes:
+        image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        for label, mode in modes:
+            call = lambda: refiner.refine(image, "a photo of a cat", strength=0.3, steps=steps, guidance=5.0,  # noqa: E731
+                                          progress=False, compile=mode)
+            with torch.no_grad():
+                for _ in range(2 if mode else 1):                 # warm-up (compiles)
+                    call()
+                reset_peak(ctx.dev)
+                runs = [timed(call, ctx.dev) for _ in range(reps)]
+            parts = [[r[1].seconds[k] if k != "steps" else sum(r[1].seconds[k]) for r in runs]
+                     for k in ("text_encoder", "vae_encode", "steps", "vae")]
+            rep.row((size, label, *[f"{statistics.median(p) * 1e3:.1f}" for p in parts],
+                     f"{statistics.median(r[0] for r in runs) * 1e3:.1f}", peak_memory(ctx.dev)))
+            rep.save()
+
+
 # ---- the run -----------------------------------------------------------------------------------------
 
 class Context:
@@ -451,7 +484,8 @@ SECTIONS = [("1. Fused CFG + Euler step, compiled vs eager", check_fused_step),
             ("6. One-step text-to-image latency", measure_latency),
             ("7. Training throughput", measure_training),
             ("8. Evaluation: FID and CLIP score, 64 captions end to end", measure_evaluation),
-            ("9. Tests marked cuda", run_cuda_tests)]
+            ("9. Tests marked cuda", run_cuda_tests),
+            ("10. SDXL Refiner: refine latency at 512 and 1024", measure_refiner)]
 
 
 def main(argv=None):

@@ -91,3 +91,42 @@ def random_sd(size, device, dtype, reference=True, seed=0):
     assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
     refs = [m.to(dtype).eval() for m in (ref_unet, ref_vae, ref_text)]
     return pipe, Reference(*refs, reference_tokenizer(tok))
+
+
+def random_weights(module, device, dtype, seed=0):
+    """A module built on the meta device, given random weights made directly in `dtype` on `device`
+    (N(0, 1 / fan_in): activations stay finite through deep stacks); returns its state dict too."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {k: (torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5).to(device, dtype)
+               for k, v in module.state_dict().items()}
+    module.load_state_dict(weights, assign=True)
+    return module.eval(), weights
+
+
+# the refiner's layout at tiny widths (for --smoke runs on a CPU)
+TINY_REFINER = (dict(block_out_channels=[32, 32, 64, 64], layers_per_block=1,
+                     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                     attention_head_dim=[2, 2, 4, 4], transformer_layers_per_block=2, cross_attention_dim=32,
+                     use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=16 + 5 * 8, norm_num_groups=8),
+                dict(block_out_channels=[16, 16, 32, 32], layers_per_block=1, norm_num_groups=8),
+                dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=16))
+
+
+def random_refiner(size, device, dtype, seed=0):
+    """The SDXL Refiner with random weights ("full": its real configuration, 2.3 B parameters in the UNet; "tiny"),
+    the UNet and text encoder in `dtype`, the VAE in float32 (SDXL's force_upcast), tokenizer_2 padding with "!"."""
+    from sd.models.clip import SDXL_TEXT_2, TextEncoderWithProjection
+    from sd.models.unet import SDXL_REFINER_UNET, UNet
+    from sd.sampling.refiner import Refiner
+    unet_cfg, vae_cfg, text_cfg = ((SDXL_REFINER_UNET, {}, {}) if size == "full" else TINY_REFINER)
+    tok = tokenizer()
+    tok2 = Tokenizer(tok.vocab, sorted(tok.ranks, key=tok.ranks.get), pad_token="!")
+    with torch.device("meta"):
+        unet, vae = UNet(unet_cfg), VAE({**SD15_VAE, "scaling_factor": 0.13025, "force_upcast": True, **vae_cfg})
+        text = TextEncoderWithProjection({**SDXL_TEXT_2, "vocab_size": len(tok.vocab), **text_cfg})
+    unet = random_weights(unet, device, dtype, seed)[0]
+    vae = random_weights(vae, device, torch.float32, seed + 1)[0]
+    text = random_weights(text, device, dtype, seed + 2)[0]
+    return Refiner(unet, vae, text, tok2)

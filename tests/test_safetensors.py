@@ -187,3 +187,26 @@ def test_fuzz_never_crashes_hangs_or_allocates(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["error"] > 5000 and out["ok"] > 10, out       # both branches exercised
     assert out["slowest_s"] < 1.0 and out["rss_growth_mib"] < 16, out
+
+
+def test_reading_into_another_dtype_casts_and_keeps_no_page_of_the_map(tmp_path):
+    """load_file(dtype=): floating tensors are read and cast (what a bf16 load of an fp16 checkpoint does), each
+    in a storage of its own, so the map's pages are not held; other dtypes stay views; a short file is named."""
+    f = tmp_path / "w.safetensors"
+    ts = {"a": torch.randn(64, 33, dtype=torch.float16), "b": torch.arange(10), "c": torch.randn(5)}
+    save_file(ts, f)
+    mapped = load_file(f)
+    cast = load_file(f, dtype=torch.bfloat16)
+    assert cast["a"].dtype == torch.bfloat16 and torch.equal(cast["a"], ts["a"].to(torch.bfloat16))
+    assert torch.equal(cast["c"], ts["c"].to(torch.bfloat16)) and torch.equal(cast["b"], ts["b"])
+    assert cast["b"].dtype == torch.int64                                     # integers are not cast
+    size = f.stat().st_size
+    assert mapped["a"].untyped_storage().nbytes() == size                     # a view of the whole map
+    assert cast["a"].untyped_storage().nbytes() == 64 * 33 * 2                # its own copy
+    assert cast["b"].untyped_storage().nbytes() == size                       # still a view
+    same = load_file(f, dtype=torch.float16)                                  # same dtype: the view
+    assert same["a"].untyped_storage().nbytes() == size
+    opened = SafeOpen(f)
+    f.write_bytes(f.read_bytes()[:-200])                                      # truncated after opening
+    with pytest.raises(SafetensorsError, match="'a': the file ended early"):
+        opened.get_tensor("a", dtype=torch.float32)

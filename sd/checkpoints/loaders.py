@@ -47,11 +47,12 @@ def holds(keys):
     return f"{len(keys)} tensor(s) such as {first!r}" + (f" ({guess}?)" if guess else "")
 
 
-def read_weights(path):
-    """A state dict from one file: safetensors (our reader), or a pickle through weights_only=True."""
+def read_weights(path, dtype=None):
+    """A state dict from one file: safetensors (our reader; floating tensors cast to `dtype` as they are read,
+    when given), or a pickle through weights_only=True."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_file(path)
+        return load_file(path, dtype=dtype)
     if path.suffix in (".bin", ".ckpt", ".pt", ".pth"):
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -246,14 +247,15 @@ def _unet_config_from_ldm(sd, base, pre="model.diffusion_model."):
 
 # ---- public loaders ----------------------------------------------------------------------------
 
-def _state_dict(path, component, variant, from_single):
-    """(config, state dict in our names, where): tensors memory-mapped from safetensors, nothing built."""
+def _state_dict(path, component, variant, from_single, dtype=None):
+    """(config, state dict in our names, where): tensors memory-mapped from safetensors (read and cast when
+    `dtype` differs from the file's), nothing built."""
     kind, where = _resolve(path, component)
     if kind == "folder":
         cfg = json.loads((where / "config.json").read_text())
         sd = {}
         for f in _component_files(where, WEIGHT_NAMES[component], variant):
-            sd.update(read_weights(f))
+            sd.update(read_weights(f, dtype))
         if component.startswith("text_encoder"):
             sd = _strip_text(sd)
         return cfg, sd, where
@@ -263,7 +265,7 @@ def _state_dict(path, component, variant, from_single):
 
 def _load(path, component, cls, dtype, device, variant, config, from_single):
     """Config and weights from a component folder or a single file, then `config` on top."""
-    cfg, sd, where = _state_dict(path, component, variant, from_single)
+    cfg, sd, where = _state_dict(path, component, variant, from_single, dtype)
     return _build(cls, {**cfg, **(config or {})}, sd, where, dtype, device)
 
 
@@ -329,7 +331,7 @@ def load_text_encoder(path, dtype=None, device="cpu", variant=None, config=None,
                "intermediate_size": sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
                "max_position_embeddings": sd["embeddings.position_embedding.weight"].shape[0]}
         return cfg, sd
-    cfg, sd, where = _state_dict(path, component, variant, single)
+    cfg, sd, where = _state_dict(path, component, variant, single, dtype)
     cls = TextEncoderWithProjection if "text_projection.weight" in sd else TextEncoder
     return _build(cls, {**cfg, **(config or {})}, sd, where, dtype, device)
 

@@ -136,13 +136,24 @@ class SafeOpen:
     def metadata(self):
         return dict(self._metadata)
 
-    def get_tensor(self, key, device="cpu"):
+    def get_tensor(self, key, device="cpu", dtype=None):
+        """The tensor as a view of the memory map; with `dtype` (another floating dtype than the stored one),
+        read with a plain file read and cast instead, so that no page of the map stays resident and loading
+        into another dtype holds only the cast copy (bf16 from an fp16 file: 1x, not 2x, the weights)."""
         if key not in self.entries:
             raise KeyError(f"{self.path}: no tensor {key!r}")
-        dtype, shape, begin, end = self.entries[key]
+        stored, shape, begin, end = self.entries[key]
         if begin == end:
-            return torch.empty(shape, dtype=dtype, device=device)
+            return torch.empty(shape, dtype=dtype or stored, device=device)
         start = self._data_start + begin
+        if dtype is not None and dtype != stored and stored.is_floating_point:
+            buf = torch.empty(end - begin, dtype=torch.uint8)
+            with open(self.path, "rb", buffering=0) as fh:
+                fh.seek(start)
+                if fh.readinto(buf.numpy()) != end - begin:
+                    raise SafetensorsError(f"{self.path}: tensor {key!r}: the file ended early")
+            return buf.view(stored).reshape(shape).to(device=device, dtype=dtype)
+        dtype = stored
         raw = torch.empty(0, dtype=torch.uint8).set_(self._storage, start, (end - begin,))
         if start % dtype.itemsize:            # misaligned for a zero-copy view: copy this one
             raw = raw.clone()
@@ -153,10 +164,11 @@ def safe_open(path):
     return SafeOpen(path)
 
 
-def load_file(path, device="cpu"):
-    """All tensors of a file as a dict (views of the memory map on the CPU)."""
+def load_file(path, device="cpu", dtype=None):
+    """All tensors of a file as a dict (views of the memory map on the CPU; floating ones read and cast
+    to `dtype` when given and different, see SafeOpen.get_tensor)."""
     f = SafeOpen(path)
-    return {k: f.get_tensor(k, device) for k in f.keys()}
+    return {k: f.get_tensor(k, device, dtype) for k in f.keys()}
 
 
 def save_file(tensors, path, metadata=None):

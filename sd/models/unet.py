@@ -26,6 +26,17 @@ SD15_UNET = dict(
     use_linear_projection=False, sample_size=64,
 )
 
+# stabilityai/stable-diffusion-xl-refiner-1.0's unet/config.json (2.3 B parameters): no attention at the outer
+# levels, 64-wide heads, 4 transformer layers per block, the pooled OpenCLIP-bigG embedding (1280) and 5 time ids
+# of 256 sinusoids each into add_embedding (1280 + 5 x 256 = 2560)
+SDXL_REFINER_UNET = dict(
+    in_channels=4, out_channels=4, block_out_channels=[384, 768, 1536, 1536], layers_per_block=2,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    attention_head_dim=[6, 12, 24, 24], transformer_layers_per_block=4, cross_attention_dim=1280, norm_num_groups=32,
+    norm_eps=1e-5, use_linear_projection=True, addition_embed_type="text_time", addition_embed_type_num_heads=64,
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2560, sample_size=128,
+)
 
 # diffusers config fields whose other values change the architecture in ways this UNet does not build
 # (class conditioning, Kandinsky's added embeddings, LCM's guidance embedding, ...): a config that sets

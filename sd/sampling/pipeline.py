@@ -83,7 +83,19 @@ class Output:
     seconds: dict = field(default_factory=dict)
 
 
-class Pipeline:
+class OnUNet:
+    """A pipeline runs where its UNet is, in the UNet's dtype."""
+
+    @property
+    def device(self):
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.unet.parameters()).dtype
+
+
+class Pipeline(OnUNet):
     def __init__(self, unet, vae, text_encoder, tokenizer, path=None):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.path = path                                   # the folder or file it was loaded from, if any
@@ -172,14 +184,6 @@ class Pipeline:
 
     def latent_shape(self, n, height, width):
         return (n, self.unet.config["in_channels"], height // self.vae_factor, width // self.vae_factor)
-
-    @property
-    def device(self):
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self):
-        return next(self.unet.parameters()).dtype
 
     def encode_prompts(self, prompts):
         ids = self.tokenizer(prompts).to(self.device)

@@ -29,7 +29,7 @@ from ..checkpoints.images import ImageError, to_model_range
 from ..checkpoints.loaders import CheckpointError, load_text_encoder, load_unet, load_vae, locate
 from ..models.clip import TextEncoderWithProjection
 from ..models.tokenizer import load_tokenizer
-from .pipeline import Output, PipelineError, to_uint8
+from .pipeline import OnUNet, Output, PipelineError, compile_kwargs, to_uint8
 from .samplers import add_noise, euler_discrete_schedule, img2img_start, sample_euler_discrete, sd_alphas_cumprod
 
 # scheduler_config.json fields this sampler implements, and the values it supports
@@ -38,7 +38,7 @@ SCHEDULER = dict(_class_name="EulerDiscreteScheduler", beta_schedule="scaled_lin
                  rescale_betas_zero_snr=False)
 
 
-class Refiner:
+class Refiner(OnUNet):
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler=None, requires_aesthetics_score=True,
                  force_zeros_for_empty_prompt=False, path=None):
         if unet.config.get("addition_embed_type") != "text_time" or not isinstance(text_encoder, TextEncoderWithProjection):
@@ -50,14 +50,16 @@ class Refiner:
         self.requires_aesthetics_score = requires_aesthetics_score
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.path = path
+        self._compiled = {}
 
-    @property
-    def device(self):
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self):
-        return next(self.unet.parameters()).dtype
+    def unet_for(self, compile):
+        """The UNet eager, or compiled once per mode (fullgraph; True: "default"; a mode name: that mode)."""
+        if not compile:
+            return self.unet
+        mode = compile if isinstance(compile, str) else "default"
+        if mode not in self._compiled:
+            self._compiled[mode] = torch.compile(self.unet, fullgraph=True, **compile_kwargs(mode, self.device, self.dtype))
+        return self._compiled[mode]
 
     def schedule(self, steps):
         """(timesteps, sigmas) of `steps` Euler-discrete steps, as the folder's scheduler config sets them."""
@@ -92,10 +94,11 @@ class Refiner:
     @torch.no_grad()
     def refine(self, image, prompt, negative_prompt=None, strength=0.3, steps=50, guidance=5.0, seed=0,
                aesthetic_score=6.0, negative_aesthetic_score=2.5, original_size=None, crop=(0, 0), progress=True,
-               return_latents=False):
+               return_latents=False, compile=False):
         """Refine `image` (uint8 [H, W, 3], sides multiples of 8) towards `prompt`: the last int(steps strength)
         of `steps` Euler-discrete steps from the image's latents noised to that level (see the module docstring).
-        Returns an Output (images uint8 [1, H, W, 3], seconds per part)."""
+        compile: torch.compile the UNet (True, or a mode name). Returns an Output (images uint8 [1, H, W, 3],
+        seconds per part)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if len(prompts) != 1 or not isinstance(prompts[0], str):
             raise PipelineError(f"refine takes one prompt (a string), got {prompt!r}")
@@ -148,10 +151,12 @@ class Refiner:
         secs["steps"], bar = [], tqdm(total=len(timesteps), desc="refine", disable=not progress, leave=False)
         last = time.perf_counter()
 
+        unet = self.unet_for(compile)
+
         def eps_model(xin, k):
             if not cfg:
-                return self.unet(xin, k.to(dev).expand(len(xin)), context, added=(pooled, ids))
-            e = self.unet(torch.cat([xin, xin]), k.to(dev).expand(2 * len(xin)), context, added=(pooled, ids))
+                return unet(xin, k.to(dev).expand(len(xin)), context, added=(pooled, ids))
+            e = unet(torch.cat([xin, xin]), k.to(dev).expand(2 * len(xin)), context, added=(pooled, ids))
             e_neg, e_text = e.chunk(2)
             return e_neg + guidance * (e_text - e_neg)                       # CFG
 
