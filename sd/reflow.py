@@ -1,7 +1,7 @@
 """InstaFlow's training at SD scale: python -m sd.reflow {generate, train, distill, export}.
 
     generate  (text, noise, image) triplets from a teacher (sd/training/triplets.py): shards + manifest, resumable,
-              split over `torchrun` ranks
+              split over `torchrun` ranks; the noise is regenerated from the seed, not stored
     train     text-conditioned reflow from a model folder's UNet on a triplet folder -> the 2-RF
     distill   a one-step student from a model folder's UNet (the exported 2-RF) on pairs made by the 2-RF
     export    a checkpoint's UNet + the untouched VAE, text encoder and tokenizer -> a diffusers folder
@@ -50,8 +50,10 @@ def cmd_generate(a):
 
     config = {"teacher": str(a.teacher), "sampler": sampler, "steps": a.steps, "guidance": a.guidance,
               "negative_prompt": a.negative_prompt, "height": a.height, "width": a.width, "dtype": a.dtype}
-    n = triplets.generate(a.out, triplets.read_prompts(a.prompts), pipe.tokenizer, sample_batch, shape, config,
-                          a.shard_size, a.batch_size, a.seed, rank, world)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    prompts = triplets.PromptFile(a.prompts, Path(a.out) / triplets.PROMPT_INDEX if rank == 0 else None)
+    n = triplets.generate(a.out, prompts, pipe.tokenizer, sample_batch, shape, config, a.shard_size, a.batch_size,
+                          a.seed, rank, world, latent_dtype=a.latent_dtype, store_noise=a.store_noise)
     print(f"rank {rank}: wrote {n} shard(s) to {a.out}")
 
 
@@ -69,7 +71,7 @@ def cmd_train(a):
     config_from(a).check()
     init = locate(a.init)
     unet, text = load_unet(init), load_text_encoder(init)
-    data, _ = triplets.load(a.data)
+    data, _ = triplets.open_triplets(a.data)         # read on demand from the mapped shards
     _check_data(data, unet, text, a.data)
     tok = load_tokenizer(init if init.is_dir() else None, max_length=data["ids"].shape[1])   # for the empty prompt
     cfg = config_from(a)
@@ -129,6 +131,7 @@ FIELD_HELP = {
     "seed": "seed of every random number of the run (batches, t, dropout): a resumed run repeats it exactly",
     "save_every": "steps between checkpoints",
     "keep": "checkpoints kept (the newest)",
+    "prefetch": "batches read ahead from the triplet shards by a background thread (0: none); changes no number",
 }
 FIELD_CHOICES = {"precision": ("fp32", "bf16", "fp16"), "time_sampler": ("uniform", "logit_normal")}
 
@@ -151,6 +154,10 @@ def parser():
     g.add_argument("--width", type=int, default=512, help="pixels, a multiple of 8")
     g.add_argument("--seed", type=int, default=0, help="sample j starts from the noise of seed + j")
     g.add_argument("--dtype", choices=DTYPES, default="fp32", help="the teacher's dtype (fp16 on a GPU)")
+    g.add_argument("--latent-dtype", choices=list(triplets.LATENT_DTYPES), default="fp32",
+                   help="dtype of the stored latents (fp16 / bf16 halve the disk; training reads them as float32)")
+    g.add_argument("--store-noise", action="store_true",
+                   help="also store X_0 (by default the trainer regenerates it from the seed: 2x less disk)")
     g.add_argument("--device", help="default: cuda:LOCAL_RANK when there is a GPU, else cpu")
     g.set_defaults(fn=cmd_generate)
 

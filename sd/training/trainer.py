@@ -19,6 +19,8 @@ config and loss scaler in the metadata, at out/checkpoints/step-0000100.safetens
 import functools
 import json
 import os
+import queue
+import threading
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -55,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 500
     keep: int = 2                     # checkpoints kept
+    prefetch: int = 2                 # batches read ahead by a background thread (0: read in the loop)
 
     # fields that change what the steps compute: a resumed run must keep them
     FIXED = ("objective", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema", "cfg_dropout",
@@ -63,6 +66,8 @@ class TrainConfig:
     def check(self, world=1):
         for name in ("iters", "batch_size", "grad_accum", "save_every", "keep", "intervals"):
             positive_int(getattr(self, name), name)
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0:
+            raise ValueError(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
         if self.objective not in objectives.OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose {', '.join(objectives.OBJECTIVES)}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -108,6 +113,56 @@ def batch_indices(step, batch_size, n, seed):
         sel = pos // n == epoch
         out[sel] = perm[pos[sel] % n]
     return out
+
+
+def rank_batches(data, steps, cfg, rank, world):
+    """(step, this rank's rows of the step's global batch) for each step: {"ids", "latents"[, "noise"]}, gathered
+    from `data` (tensors in memory, or triplet Columns reading memory-mapped shards). Rank r of W reads only
+    its B/W rows."""
+    n, local = len(data["latents"]), cfg.batch_size // world
+    keys = [k for k in ("ids", "latents", "noise") if k in data]
+    for step in steps:
+        rows = batch_indices(step, cfg.batch_size, n, cfg.seed)[rank * local:(rank + 1) * local]
+        yield step, {k: data[k][rows] for k in keys}
+
+
+class Prefetch:
+    """Iterate `batches` in a background thread, at most `depth` items ahead, in order; an error in the thread is
+    raised in the loop. Reading the next batches from disk then overlaps the current step."""
+
+    def __init__(self, batches, depth):
+        self.queue, self.stop = queue.Queue(maxsize=depth), threading.Event()
+        self.thread = threading.Thread(target=self._fill, args=(batches,), daemon=True)
+        self.thread.start()
+
+    def _fill(self, batches):
+        try:
+            for item in batches:
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    return
+        except Exception as e:        # noqa: BLE001 - handed to the consumer
+            self.queue.put((None, e))
+            return
+        self.queue.put((StopIteration, None))
+
+    def __iter__(self):
+        while True:
+            item, error = self.queue.get()
+            if error is not None:
+                raise error
+            if item is StopIteration:
+                return
+            yield item
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
 
 
 def step_generator(seed, step):
@@ -208,7 +263,6 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
     cfg.check(world)
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs a CUDA device; use bf16 on the CPU")
-    n = data["latents"].shape[0]
     if "noise" not in data and cfg.objective not in objectives.OWN_NOISE:
         raise ValueError(f"objective {cfg.objective} needs (noise, latents) pairs: train on a triplet folder")
     if cfg.objective == "consistency" and (teacher is None or not cfg.ema):
@@ -240,55 +294,62 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
     local, micro = cfg.batch_size // world, cfg.batch_size // world // cfg.grad_accum
     shape = tuple(data["latents"].shape[1:])
     losses, path = [], last
-    bar = tqdm(range(start, cfg.iters), desc=cfg.objective, disable=not progress or rank, initial=start,
-               total=cfg.iters)
-    for step in bar:
-        gen = step_generator(cfg.seed, step)
-        idx = batch_indices(step, cfg.batch_size, n, cfg.seed)
-        rand = objectives.draw(cfg.objective, cfg.batch_size, shape, gen, cfg.time_sampler, cfg.intervals)
-        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cfg_dropout       # CFG dropout of the text
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        total = torch.zeros((), device=device)
-        for m in range(cfg.grad_accum):
-            sl = slice(rank * local + m * micro, rank * local + (m + 1) * micro)
-            ids = torch.where(drop[sl, None], empty_ids, data["ids"][idx[sl]]).to(device)
-            x1 = data["latents"][idx[sl]].to(device)
-            x0 = data["noise"][idx[sl]].to(device) if "noise" in data else None
-            with torch.no_grad():
-                context = text_encoder(ids)
-            sync = m == cfg.grad_accum - 1 or world == 1
-            with (nullcontext() if sync else model.no_sync()), torch.autocast(**amp):   # DDP: all-reduce once
-                loss = objectives.loss(cfg.objective, model, x0, x1, context,
-                                       {k: v[sl] for k, v in rand.items()}, loss_fn, teacher, target,
-                                       cfg.intervals) / cfg.grad_accum
-                scaler.scale(loss).backward()
-            total += loss.detach()
-        scaler.unscale_(opt)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        if ema is not None:                                     # EMA, warmed up: decay <= (1 + s) / (10 + s)
-            decay = min(cfg.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for k, p in unet.named_parameters():
-                    ema[k].lerp_(p.detach(), 1 - decay)
-        if world > 1:
-            dist.all_reduce(total)
-            total /= world
-        losses.append(total.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        done = step + 1
-        if done % cfg.save_every == 0 or done == cfg.iters:
-            if rank == 0:
-                save_checkpoint(out, done, unet, ema, opt, scaler, cfg, cfg.keep)
+    bar = tqdm(total=cfg.iters, desc=cfg.objective, disable=not progress or rank, initial=start)
+    batches = rank_batches(data, range(start, cfg.iters), cfg, rank, world)
+    feed = Prefetch(batches, cfg.prefetch) if cfg.prefetch else None
+    try:
+        for step, batch in (feed if feed else batches):
+            gen = step_generator(cfg.seed, step)
+            rand = objectives.draw(cfg.objective, cfg.batch_size, shape, gen, cfg.time_sampler, cfg.intervals)
+            drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cfg_dropout       # CFG dropout of the text
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            total = torch.zeros((), device=device)
+            for m in range(cfg.grad_accum):
+                sl = slice(rank * local + m * micro, rank * local + (m + 1) * micro)        # in the global batch
+                mine = slice(m * micro, (m + 1) * micro)                                     # in this rank's rows
+                ids = torch.where(drop[sl, None], empty_ids, batch["ids"][mine]).to(device)
+                x1 = batch["latents"][mine].to(device)
+                x0 = batch["noise"][mine].to(device) if "noise" in batch else None
+                with torch.no_grad():
+                    context = text_encoder(ids)
+                sync = m == cfg.grad_accum - 1 or world == 1
+                with (nullcontext() if sync else model.no_sync()), torch.autocast(**amp):   # DDP: all-reduce once
+                    loss = objectives.loss(cfg.objective, model, x0, x1, context,
+                                           {k: v[sl] for k, v in rand.items()}, loss_fn, teacher, target,
+                                           cfg.intervals) / cfg.grad_accum
+                    scaler.scale(loss).backward()
+                total += loss.detach()
+            scaler.unscale_(opt)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            if ema is not None:                                     # EMA, warmed up: decay <= (1 + s) / (10 + s)
+                decay = min(cfg.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for k, p in unet.named_parameters():
+                        ema[k].lerp_(p.detach(), 1 - decay)
             if world > 1:
-                dist.barrier()
-            path = checkpoint_path(out, done)
-        if on_step:
-            on_step(done, losses[-1])
+                dist.all_reduce(total)
+                total /= world
+            losses.append(total.item())
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            done = step + 1
+            if done % cfg.save_every == 0 or done == cfg.iters:
+                if rank == 0:
+                    save_checkpoint(out, done, unet, ema, opt, scaler, cfg, cfg.keep)
+                if world > 1:
+                    dist.barrier()
+                path = checkpoint_path(out, done)
+            if on_step:
+                on_step(done, losses[-1])
+    finally:                                                    # stop the reader thread, whatever happened
+        if feed:
+            feed.close()
+        bar.close()
     unet.eval()
     unet.gradient_checkpointing = False
     return {"losses": losses, "ema": ema, "checkpoint": path}
