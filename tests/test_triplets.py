@@ -50,8 +50,7 @@ def test_columns_gather_rows_across_shards_in_their_order(folders):
     x0 = torch.randn((1, *SHAPE), generator=torch.Generator("cpu").manual_seed(7 + j))
     assert torch.equal(full["noise"][j], x0[0])
     assert torch.equal(full["latents"][j], teacher(x0, tokenizer([PROMPTS[j]]))[0])
-    size = (folders["new"] / manifest["shards"][0]["file"]).stat().st_size
-    assert data["latents"].tensors[0].untyped_storage().nbytes() == size   # a view of the mapped shard: no copy
+    assert all(f._map is None for _, f in data["latents"].shards)     # rows are read, no shard is mapped or held
 
 
 def test_noise_is_regenerated_exactly_as_it_was_stored(folders):

@@ -2,6 +2,7 @@
 
     load_unet(path), load_vae(path), load_text_encoder(path), each with dtype= and device=
     load_text_encoder(path, component="text_encoder_2"): SDXL's second text encoder (with its projection)
+    load_lpips(vgg, lin): LPIPS-VGG from torchvision's VGG16 weights and the lpips package's linear layers
     load_tiny_vae(path): TAESD, a diffusers AutoencoderTiny folder (madebyollin/taesd for SD 1.x)
     save_unet(unet, folder): a diffusers `unet/` folder (config.json + safetensors)
 
@@ -14,11 +15,13 @@ copies. Legacy pickle files (.bin, .ckpt) are read only with torch.load(weights_
 """
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import torch
 
 from ..models.clip import SD15_TEXT, TextEncoder, TextEncoderWithProjection
+from ..models.lpips import LPIPS
 from ..models.tiny_vae import TinyVAE
 from ..models.unet import SD15_UNET, UNet
 from ..models.vae import SD15_VAE, VAE
@@ -54,8 +57,8 @@ def read_weights(path, dtype=None):
     if path.suffix == ".safetensors":
         return load_file(path, dtype=dtype)
     if path.suffix in (".bin", ".ckpt", ".pt", ".pth"):
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:           # memory-mapped when the file is a zip archive (torch >= 1.6); legacy files are read whole
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except Exception as e:   # noqa: BLE001 - a refused or broken pickle
             raise CheckpointError(f"{path}: cannot be read safely with torch.load(weights_only=True): {e}") from None
         sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
@@ -334,6 +337,20 @@ def load_text_encoder(path, dtype=None, device="cpu", variant=None, config=None,
     cfg, sd, where = _state_dict(path, component, variant, single, dtype)
     cls = TextEncoderWithProjection if "text_projection.weight" in sd else TextEncoder
     return _build(cls, {**cfg, **(config or {})}, sd, where, dtype, device)
+
+
+def load_lpips(vgg, lin, dtype=None, device="cpu"):
+    """LPIPS-VGG (sd/models/lpips.py) from the user's files, both read with torch.load(weights_only=True):
+    torchvision's VGG16 state dict (vgg16-397923af.pth; its features.0-28 are used, the rest ignored) and the
+    lpips package's weights/v0.1/vgg.pth (lin0..lin4.model.1.weight). Missing or mis-shaped keys are named."""
+    net, lins = read_weights(vgg), read_weights(lin)
+    sd = {k: v for k, v in net.items() if k.startswith("features.") and int(k.split(".")[1]) < 30}
+    missing = [f"lin{i}.model.1.weight" for i in range(5) if f"lin{i}.model.1.weight" not in lins]
+    if missing:
+        raise CheckpointError(f"{lin}: not LPIPS's linear layers (vgg.pth of the lpips package, v0.1): missing "
+                              f"{', '.join(missing)}; it holds {holds(lins)}")
+    sd.update({f"lins.{i}.weight": lins[f"lin{i}.model.1.weight"] for i in range(5)})
+    return _build(lambda _: LPIPS(), None, sd, f"{vgg} (VGG16 features)", dtype, device).requires_grad_(False)
 
 
 CLASS_NAMES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",

@@ -121,8 +121,20 @@ class SafeOpen:
                                        f"{'the file' if n > size - 8 else 'the limit of %d bytes' % MAX_HEADER})")
             raw = fh.read(n)
         self.entries, self._metadata, self._data_start = parse_header(raw, size, self.path)
-        self._storage = (torch.UntypedStorage.from_file(self.path, shared=False, nbytes=size)
-                         if size > self._data_start else None)
+        self._size, self._map = size, None                  # the memory map is made at the first mapped tensor
+
+    @property
+    def _storage(self):
+        if self._map is None and self._size > self._data_start:
+            self._map = torch.UntypedStorage.from_file(self.path, shared=False, nbytes=self._size)
+        return self._map
+
+    def data_offset(self, key):
+        """(byte offset of the tensor `key` in the file, its dtype, its shape): for reading rows with os.pread."""
+        if key not in self.entries:
+            raise KeyError(f"{self.path}: no tensor {key!r}")
+        dtype, shape, begin, _ = self.entries[key]
+        return self._data_start + begin, dtype, shape
 
     def __enter__(self):
         return self

@@ -15,11 +15,13 @@ On disk, `out/`:
 A shard is written to a temporary file and renamed, so a shard file that exists is complete; a
 killed run leaves at most a *.tmp file, which never counts. Rank r of W writes shards r, r + W, ...
 
-Reading: `open_triplets(folder)` maps the shards and gathers the rows a batch asks for (memory does not grow
+Reading: `open_triplets(folder)` reads the rows a batch asks for from the shard files (memory does not grow
 with the dataset); `load(folder)` reads everything into memory (the mini's size).
 """
 import hashlib
 import json
+import math
+import os
 from pathlib import Path
 
 import torch
@@ -193,16 +195,18 @@ def generate(out, prompts, tokenizer, sample_batch, latent_shape, config, shard_
 
 
 class Column:
-    """One column of a triplet folder, read on demand: column[idx] gathers rows idx (in that order) from
-    the memory-mapped shards, as float32 (latents, noise) or int64 (ids); for "noise" in a folder that does not
-    store it, X_0 of sample j is regenerated from seed + j. Only the rows asked for are read."""
+    """One column of a triplet folder, read on demand: column[idx] reads rows idx (in that order) from the shard
+    files with os.pread, as float32 (latents, noise) or int64 (ids); nothing is mapped or cached, so resident
+    memory stays that of one batch whatever the dataset's size. For "noise" in a folder that does not store
+    it, X_0 of sample j is regenerated from seed + j."""
 
     def __init__(self, name, shards, num_samples, row_shape, seed=None):
         self.name, self.shards, self.seed = name, shards, seed                  # shards: [(first, SafeOpen)]
         self.shape = (num_samples, *row_shape)
         self.firsts = torch.tensor([first for first, _ in shards])
-        self.tensors = [f.get_tensor(name) for _, f in shards] if seed is None else None
         self.dtype = torch.int64 if name == "ids" else torch.float32
+        # per shard: (path, byte offset of row 0, stored dtype)
+        self.where = [(f.path, *f.data_offset(name)[:2]) for _, f in shards] if seed is None else None
 
     def __len__(self):
         return self.shape[0]
@@ -215,8 +219,17 @@ class Column:
         out = torch.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
         which = torch.searchsorted(self.firsts, idx, right=True) - 1             # the shard of each row
         for s in which.unique().tolist():
-            sel = which == s
-            out[sel] = self.tensors[s][idx[sel] - self.firsts[s]].to(self.dtype)
+            sel = torch.nonzero(which == s).flatten()
+            path, start, stored = self.where[s]
+            row = stored.itemsize * math.prod(self.shape[1:])
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                raw = b"".join(os.pread(fd, row, start + row * int(r)) for r in idx[sel] - self.firsts[s])
+            finally:
+                os.close(fd)
+            if len(raw) != row * len(sel):
+                raise TripletError(f"{path}: {self.name}: the file ended early (truncated after it was checked?)")
+            out[sel] = torch.frombuffer(bytearray(raw), dtype=stored).reshape(len(sel), *self.shape[1:]).to(self.dtype)
         return out
 
 
@@ -239,7 +252,8 @@ def _manifest(folder):
 
 def open_triplets(folder):
     """A triplet folder read on demand: {"latents", "ids", "noise"} Columns (noise regenerated when not stored)
-    and the manifest. Every shard is checked against the manifest (sample counts, latent shape) first."""
+    and the manifest. Every shard is checked against the manifest (sample counts, latent shape) first; only
+    the shards' headers are read."""
     folder = Path(folder)
     manifest, keys = _manifest(folder)
     shards, shape = [], tuple(manifest["latent_shape"])
