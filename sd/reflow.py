@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints.loaders import CheckpointError, load_text_encoder, load_unet, locate, save_unet
+from .checkpoints.loaders import CheckpointError, load_lpips, load_text_encoder, load_unet, load_vae, locate, save_unet
 from .checkpoints.safetensors_io import SafetensorsError
 from .cli import DTYPES, HelpFormatter, fail, check_file, check_out, check_sizes, check_steps
 from .models.tokenizer import TokenizerError, load_tokenizer
 from .models.unet import UNet
 from .sampling.loop import SAMPLER_NAMES, cfg_context, sample
 from .sampling.pipeline import PipelineError, check_size, default_sampler, load_pipeline
-from .training import triplets
+from .training import objectives, triplets
 from .training.trainer import TrainConfig, config_from, latest_checkpoint, ranks, read_checkpoint, select_weights, train
 
 
@@ -66,16 +66,35 @@ def _check_data(data, unet, text_encoder, where):
                                     f"{text_encoder.config['max_position_embeddings']}")
 
 
+def lpips_files(a):
+    """--loss naming lpips needs --lpips-vgg and --lpips-lin (checked before anything loads); else None."""
+    loss = getattr(a, "loss", "l2") or "l2"
+    uses = ":" not in loss and "lpips" in loss
+    objectives.resolve_loss(loss, lpips=(lambda p, t: 0) if uses else None)        # the name, checked now
+    if not uses:
+        return None
+    if not (a.lpips_vgg and a.lpips_lin):
+        raise ValueError(f"--loss {loss} needs --lpips-vgg FILE (torchvision's VGG16 weights, vgg16-397923af.pth) and "
+                         f"--lpips-lin FILE (the lpips package's weights/v0.1/vgg.pth)")
+    return check_file(a.lpips_vgg, "--lpips-vgg"), check_file(a.lpips_lin, "--lpips-lin")
+
+
 def cmd_train(a):
     check_out(a.out, folder=True)
     config_from(a).check()
+    lp_files = lpips_files(a)
     init = locate(a.init)
     unet, text = load_unet(init), load_text_encoder(init)
     data, _ = triplets.open_triplets(a.data)         # read on demand from the mapped shards
     _check_data(data, unet, text, a.data)
     tok = load_tokenizer(init if init.is_dir() else None, max_length=data["ids"].shape[1])   # for the empty prompt
     cfg = config_from(a)
-    result = train(unet, text, data, cfg, a.out, tok([""]))
+    lp = None
+    if lp_files:                     # LPIPS of the decoded images: the frozen VAE of --init and LPIPS-VGG, on the device
+        device = ranks()[2]
+        lp = objectives.lpips_distance(load_lpips(*lp_files, device=device),
+                                       load_vae(init, device=device).requires_grad_(False))
+    result = train(unet, text, data, cfg, a.out, tok([""]), lpips=lp)
     if ranks()[0] == 0:
         print(f"{cfg.objective}: {cfg.iters} steps, last loss {result['losses'][-1] if result['losses'] else float('nan'):.5f}, "
               f"checkpoint {result['checkpoint']}")
@@ -127,7 +146,8 @@ FIELD_HELP = {
                    "why, for a 2-RF initialised from an epsilon teacher)",
     "cfg_dropout": "probability of training on the empty prompt (what classifier-free guidance needs)",
     "time_sampler": "distribution of t for reflow: uniform (Algorithm 1) or logit_normal (Esser et al. 2024)",
-    "loss": "distillation loss: l2, or package.module:function taking (prediction, target)",
+    "loss": "distillation loss: l2, lpips (of the decoded images; InstaFlow's last stage), a sum such as "
+            "l2+0.5*lpips, or package.module:function taking (prediction, target)",
     "seed": "seed of every random number of the run (batches, t, dropout): a resumed run repeats it exactly",
     "save_every": "steps between checkpoints",
     "keep": "checkpoints kept (the newest)",
@@ -179,6 +199,10 @@ def parser():
                 t.add_argument(flag, type=f.type, default=getattr(defaults, f.name), help=FIELD_HELP[f.name],
                                choices=FIELD_CHOICES.get(f.name))
         t.add_argument("--lr", type=float, default=lr, help="AdamW's learning rate")
+        if name == "distill":
+            t.add_argument("--lpips-vgg", help="with --loss naming lpips: torchvision's VGG16 weights (vgg16-397923af.pth, "
+                                               "read with weights_only=True)")
+            t.add_argument("--lpips-lin", help="with --loss naming lpips: the lpips package's weights/v0.1/vgg.pth")
 
     e = sub.add_parser("export", help="a diffusers-format model folder from a checkpoint", formatter_class=HelpFormatter)
     e.add_argument("--run", help="a training --out folder (its newest checkpoint)")

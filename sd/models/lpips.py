@@ -17,6 +17,9 @@ from torch import nn
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 TAPS = (3, 8, 15, 22, 29)                              # indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 CHANNELS = (64, 128, 256, 512, 512)
+# the input's per-channel shift and scale (x - shift) / scale, x in [-1, 1]: ImageNet's statistics in that range
+SHIFT = torch.tensor([-0.030, -0.088, -0.188])
+SCALE = torch.tensor([0.458, 0.448, 0.450])
 
 
 def vgg16_features():
@@ -33,14 +36,12 @@ def vgg16_features():
 class LPIPS(nn.Module):
     def __init__(self):
         super().__init__()
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None], persistent=False)
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None], persistent=False)
         self.features = vgg16_features()
         self.lins = nn.ModuleList([nn.Conv2d(c, 1, 1, bias=False) for c in CHANNELS])
 
     def taps(self, x):
         """The 5 activations, each unit-normalised over its channels: f / (||f|| + 1e-10)."""
-        out, h = [], (x - self.shift) / self.scale
+        out, h = [], (x - SHIFT.to(x)[:, None, None]) / SCALE.to(x)[:, None, None]
         for i, layer in enumerate(self.features):
             h = layer(h)
             if i in TAPS:

@@ -6,6 +6,7 @@ The pipeline divides by `scaling_factor` (0.18215 for SD 1.5) before decoding.
 """
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -97,10 +98,14 @@ class Decoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(g, ch, eps=1e-6)
         self.conv_out = nn.Conv2d(ch, c["out_channels"], 3, padding=1)
 
-    def forward(self, z):
-        x = self.mid_block(self.conv_in(z))
+    def forward(self, z, checkpoint=False):
+        """checkpoint: keep no activation of the mid and up blocks for the backward pass, recompute them block
+        by block (what a loss on the decoded image needs at 512x512: see docs/training.md)."""
+        def run(block, x):
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if checkpoint else block(x)
+        x = run(self.mid_block, self.conv_in(z))
         for block in self.up_blocks:
-            x = block(x)
+            x = run(block, x)
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
 
@@ -131,5 +136,5 @@ class VAE(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=generator.device).to(mean.device)
         return mean + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, latents):
-        return self.decoder(self.post_quant_conv(latents))
+    def decode(self, latents, checkpoint=False):
+        return self.decoder(self.post_quant_conv(latents), checkpoint)

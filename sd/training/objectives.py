@@ -5,7 +5,8 @@ eps      the teacher, trained the Stable Diffusion way (epsilon prediction on th
 reflow   text-conditioned reflow on the teacher's triplets (X_0, X_1 = teacher(X_0, c), c), Eq. (1):
              X_t = t X_1 + (1 - t) X_0,   min E|| (X_1 - X_0) - UNet(X_t, (1 - t) 1000, c) ||^2
 distill  one Euler step of size 1 from X_0 (timestep 1000) must land on X_1:
-             min E[ D(X_0 + UNet(X_0, 1000, c), X_1) ],   D = squared L2 by default (pluggable)
+             min E[ D(X_0 + UNet(X_0, 1000, c), X_1) ],   D = squared L2 by default, or LPIPS of the decoded
+             images (InstaFlow's last stage), or a weighted sum of both
 consistency  latent consistency distillation (LCM; Luo et al. 2023, "Latent Consistency Models"), the
          few-step rival InstaFlow is compared with, in rectified-flow time (rectflow/consistency.py):
              f_theta(x, t) = x + (1 - t) UNet(x, (1 - t) 1000, c)          (so f(x, 1) = x)
@@ -37,18 +38,48 @@ def mse(pred, target):
     return l2(pred.float(), target.float())
 
 
-def resolve_loss(name):
-    """"l2" (squared L2), or "package.module:function" for your own D(pred, target) -> scalar, e.g.
-    an LPIPS loss whose network weights you have locally (none ship with this project)."""
+def lpips_distance(lpips, vae=None):
+    """InstaFlow's last distillation loss: D(x1_hat, x1) = mean_i LPIPS(decode(x1_hat_i), decode(x1_i)) with the
+    frozen VAE's decoder (latents / scaling_factor; its activations recomputed in the backward pass, block by
+    block, so a batch fits) and LPIPS-VGG (sd/models/lpips.py). vae=None: pixel-space models (the mini)."""
+    def decode(z, grad):
+        if vae is None:
+            return z.float()
+        with torch.set_grad_enabled(grad):
+            return vae.decode(z.float() / vae.scaling_factor, checkpoint=grad)
+
+    def d(pred, target):
+        with torch.autocast(pred.device.type, enabled=False):            # LPIPS and the decoder in float32
+            return lpips(decode(pred, True), decode(target.detach(), False)).mean()
+    return d
+
+
+def resolve_loss(name, lpips=None):
+    """D(pred, target) from its name: "l2" (squared L2), "lpips", a weighted sum such as "l2+0.5*lpips"
+    (terms joined by "+", each "[weight*]l2" or "[weight*]lpips"; `lpips` is the lpips_distance to use), or
+    "package.module:function" for your own D(pred, target) -> scalar."""
     if name in (None, "l2"):
         return mse
-    if ":" not in name:
-        raise ValueError(f"unknown loss {name!r}: use 'l2' or 'package.module:function'")
-    module, fn = name.split(":", 1)
-    try:
-        return getattr(importlib.import_module(module), fn)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"loss {name!r}: cannot import {fn} from {module} ({e})") from None
+    if ":" in name:
+        module, fn = name.split(":", 1)
+        try:
+            return getattr(importlib.import_module(module), fn)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"loss {name!r}: cannot import {fn} from {module} ({e})") from None
+    terms = []
+    for term in name.split("+"):
+        weight, _, what = term.strip().rpartition("*")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            w = None
+        if what not in ("l2", "lpips") or w is None:
+            raise ValueError(f"unknown loss {name!r}: use 'l2', 'lpips', a sum such as 'l2+0.5*lpips', or "
+                             f"'package.module:function'")
+        if what == "lpips" and lpips is None:
+            raise ValueError(f"loss {name!r} needs LPIPS's weights (sd.reflow distill --lpips-vgg FILE --lpips-lin FILE)")
+        terms.append((w, mse if what == "l2" else lpips))
+    return lambda pred, target: sum(w * fn(pred, target) for w, fn in terms)
 
 
 def draw(objective, n, sample_shape, generator, time_sampler="uniform", intervals=20):

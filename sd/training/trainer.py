@@ -252,12 +252,13 @@ def lr_at(cfg, step):
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
 
 
-def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=None, teacher=None):
+def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=None, teacher=None, lpips=None):
     """Train `unet` in place on `data` = {"latents": X_1, "ids": prompt tokens[, "noise": X_0]} with
     the frozen `text_encoder`; resumes from out/checkpoints when there are any. `empty_ids` [1, L]:
     the empty prompt's tokens (CFG dropout). on_step(step, loss) runs after each step. teacher
     (objective consistency): teacher(x, t, context) -> the teacher's velocity in rectified-flow time;
-    the EMA weights are the target network theta^- (so cfg.ema is its decay, LCM's 0.95).
+    the EMA weights are the target network theta^- (so cfg.ema is its decay, LCM's 0.95). lpips: the
+    objectives.lpips_distance a loss naming "lpips" uses.
     Returns {"losses": [...], "ema": {name: tensor} or None, "checkpoint": path}."""
     rank, world, device = distributed()
     cfg.check(world)
@@ -274,7 +275,7 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     ema = {k: p.detach().clone() for k, p in unet.named_parameters()} if cfg.ema else None
-    loss_fn = objectives.resolve_loss(cfg.loss)
+    loss_fn = objectives.resolve_loss(cfg.loss, lpips)
     start, last = 0, latest_checkpoint(out)
     if last is not None:
         start = resume(last, cfg, unet, ema, opt, scaler)
