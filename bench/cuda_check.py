@@ -16,7 +16,7 @@ Sections, in this order (the report is rewritten after each, so a run cut short 
      warm-up) eager / compiled / compiled + CUDA graphs beside InstaFlow's loop on diffusers modules;
      1, 2, 4 steps at batch 1 and 1 step at batch 8; peak GPU memory
   7. sd.reflow training throughput (images/s) at 512x512, fp16 and bf16, with and without gradient
-     checkpointing, and its peak memory
+     checkpointing, and its peak memory; from a triplet folder read on demand, without and with prefetch
   8. evaluation (sd.evaluate's pieces): 64 captions end to end, images per second for generation, for
      FID's Inception and for CLIP score (ViT-L/14 shapes, random weights), and what 5k / 30k images cost
   9. the tests marked `cuda` (pytest -m cuda)
@@ -308,18 +308,27 @@ def measure_latency(rep, ctx):
 # ---- 7. training throughput --------------------------------------------------------------------------
 
 def measure_training(rep, ctx):
+    """Reflow steps from data in memory, and from a triplet folder read on demand without and with the prefetch
+    thread (sd/training/triplets.py: what `sd.reflow train` does)."""
+    from sd.training import triplets
     dev, rows = ctx.dev, []
     lat = ctx.size // ctx.pipe.vae_factor
     precisions = ["fp16", "bf16"] if dev.type == "cuda" else ["bf16"]
     n_steps, warm = ctx.train_steps, 2
-    for prec in precisions:
-        for ckpt in (False, True):
+    n = ctx.train_batch * (n_steps + warm + 1)
+    g = torch.Generator().manual_seed(0)
+    memory = {"noise": torch.randn(n, 4, lat, lat, generator=g), "latents": torch.randn(n, 4, lat, lat, generator=g),
+              "ids": torch.randint(0, 49407, (n, 77), generator=g)}
+    runs = [(prec, ckpt, "memory", 0) for prec in precisions for ckpt in (False, True)]
+    runs += [(precisions[-1], False, "shards", prefetch) for prefetch in (0, 2)]
+    with tempfile.TemporaryDirectory() as folder:
+        triplets.generate(folder, [f"p{j}" for j in range(n)], lambda ps: torch.randint(0, 49407, (len(ps), 77)),
+                          lambda x0, ids: torch.randn_like(x0), (4, lat, lat), {"teacher": "bench"}, shard_size=16,
+                          progress=False)
+        for prec, ckpt, source, prefetch in runs:
             unet = copy.deepcopy(ctx.pipe.unet).float()
             text = copy.deepcopy(ctx.pipe.text_encoder).float()
-            n = ctx.train_batch * (n_steps + warm + 1)
-            g = torch.Generator().manual_seed(0)
-            data = {"noise": torch.randn(n, 4, lat, lat, generator=g), "latents": torch.randn(n, 4, lat, lat, generator=g),
-                    "ids": torch.randint(0, 49407, (n, 77), generator=g)}
+            data = memory if source == "memory" else triplets.open_triplets(folder)[0]
             stamps = []
 
             def on_step(step, loss):
@@ -331,15 +340,18 @@ def measure_training(rep, ctx):
             with tempfile.TemporaryDirectory() as d, contextlib.suppress(Stop):
                 train(unet, text, data, TrainConfig(objective="reflow", iters=n_steps + warm + 1,
                                                     batch_size=ctx.train_batch, precision=prec,
-                                                    grad_checkpointing=ckpt, save_every=10**9, ema=0.999),
+                                                    grad_checkpointing=ckpt, save_every=10**9, ema=0.999,
+                                                    prefetch=prefetch),
                       d, torch.zeros(1, 77, dtype=torch.long), progress=False, on_step=on_step)
             per_step = (stamps[-1] - stamps[warm - 1]) / n_steps
-            rows.append((prec, "yes" if ckpt else "no", ctx.train_batch, f"{per_step * 1e3:.0f}",
+            where = "in memory" if source == "memory" else f"shards, prefetch {prefetch}"
+            rows.append((prec, "yes" if ckpt else "no", ctx.train_batch, where, f"{per_step * 1e3:.0f}",
                          f"{ctx.train_batch / per_step:.2f}", peak_memory(dev)))
             del unet, text
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-    rep.table(["precision", "gradient checkpointing", "batch", "ms / step", "images / s", "peak GPU memory (GiB)"], rows)
+    rep.table(["precision", "gradient checkpointing", "batch", "data", "ms / step", "images / s",
+               "peak GPU memory (GiB)"], rows)
     rep.line(f"\nReflow steps on {ctx.size}x{ctx.size} images ({lat}x{lat} latents), AdamW + EMA, the text encoder "
              f"frozen; mean of {n_steps} steps after {warm} warm-up steps.")
 

@@ -3,6 +3,7 @@ trainer's batches from a triplet folder, streamed (sd.training.triplets.open_tri
 shards on demand, through the prefetch thread) against everything loaded in memory (triplets.load).
 
     python bench/triplets.py [--sizes 1000 10000 100000] [--dir /tmp/rectflow-triplets]
+    python bench/triplets.py --disk      the disk cost per million 512x512 triplets, from real shard sizes
 
 Tiny latents (4x32x32 float32, 16 KiB a sample; noise regenerated from the seed, as the new folders do),
 prompts of 77 token ids, shards of 256. Each measurement runs in a fresh process: "peak RSS added" is its
@@ -57,12 +58,35 @@ def worker(folder, mode, prefetch):
                       "peak_added_mb": status_mb("VmHWM") - base}))
 
 
+def disk_table(folder):
+    """One shard of 256 triplets at SD's 512x512 (latents 4x64x64, 77 token ids) per way of storing them; the
+    bytes per million triplets follow from the shard's size (the manifest and prompt index are extra, small)."""
+    import torch
+    sys.path.insert(0, str(ROOT))
+    from sd.training import triplets
+    n, tok = 256, (lambda ps: torch.zeros(len(ps), 77, dtype=torch.long))
+    print("\n| stored | bytes per triplet | GB per million triplets | vs fp32 with noise |")
+    print("| --- | ---: | ---: | ---: |")
+    base = None
+    for label, kw in (("fp32 latents + fp32 noise (before)", dict(store_noise=True)), ("fp32 latents", {}),
+                      ("fp16 latents", dict(latent_dtype="fp16")), ("bf16 latents", dict(latent_dtype="bf16"))):
+        out = folder / label.split(" (")[0].replace(" ", "_").replace("+", "and")
+        triplets.generate(out, [f"p{j}" for j in range(n)], tok, lambda x0, ids: 0.5 * x0, (4, 64, 64),
+                          {"teacher": "bench"}, shard_size=n, batch_size=64, seed=0, progress=False, **kw)
+        per = (out / triplets.shard_name(0)).stat().st_size / n
+        base = base or per
+        print(f"| {label} | {per:,.0f} | {per * 1e6 / 1e9:.1f} | {per / base:.2f} |")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", nargs="+", type=int, default=[1000, 10000, 100000])
     p.add_argument("--dir", type=Path, default=Path("/tmp/rectflow-triplets"))
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--disk", action="store_true", help="only the disk table at 512x512")
     args = p.parse_args()
+    if args.disk:
+        return disk_table(args.dir / "disk")
     if args.worker:
         return worker(Path(args.worker[0]), args.worker[1], int(args.worker[2]))
     rows = []

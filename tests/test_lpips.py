@@ -148,3 +148,22 @@ def test_sd_reflow_distill_with_lpips(folder, data, tmp_path):
                        env=ENV, cwd=ROOT)
     assert r.returncode == 2 and "--loss lpips needs --lpips-vgg FILE" in r.stderr
     assert not (tmp_path / "no").exists()
+
+
+def test_the_mini_fast_run_distils_with_lpips(tmp_path, capsys):
+    """`python -m sd.mini --fast --distill-loss l2+0.5*lpips`: the student's stage trains on LPIPS of the 16x16
+    images (random LPIPS weights without files, said so); the run is still the fast one, recorded as such."""
+    import json
+    from sd.mini.__main__ import main
+    from sd.training.trainer import latest_checkpoint, read_checkpoint
+    vgg, lin = random_lpips_files(tmp_path)
+    assert main(["--fast", "--out", str(tmp_path / "bad"), "--distill-loss", "lpips", "--lpips-vgg", str(vgg)]) == 2
+    assert "give both --lpips-vgg and --lpips-lin" in capsys.readouterr().err
+    assert main(["--fast", "--out", str(tmp_path / "bad"), "--distill-loss", "l1"]) == 2
+    assert "unknown loss 'l1'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["--fast", "--out", str(tmp_path / "m"), "--distill-loss", "l2+0.5*lpips", "--lpips-vgg", str(vgg),
+                 "--lpips-lin", str(lin)]) == 0
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert m["mode"] == "fast" and m["config"]["distill_loss"] == "l2+0.5*lpips"
+    assert read_checkpoint(latest_checkpoint(tmp_path / "m" / "student"))[1]["config"]["loss"] == "l2+0.5*lpips"
+    assert "distilled 2-RF, 1 step" in m

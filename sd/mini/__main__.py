@@ -13,6 +13,7 @@ import sys
 from rectflow.checks import HelpFormatter, writable
 
 from ..cli import fail
+from ..training.objectives import resolve_loss
 from .run import MiniConfig, MiniRunError, run
 
 
@@ -22,17 +23,25 @@ def build_parser():
     ap.add_argument("--out", help="output folder; a finished stage there is reused (default: runs/mini, "
                                   "or runs/mini-fast with --fast)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data, the training and the evaluation")
+    ap.add_argument("--distill-loss", default="l2", help="the student's loss: l2, lpips, or a sum such as "
+                                                          "l2+0.5*lpips (LPIPS of the 16x16 images)")
+    ap.add_argument("--lpips-vgg", help="with an LPIPS loss: torchvision's VGG16 weights (else random weights)")
+    ap.add_argument("--lpips-lin", help="with an LPIPS loss: the lpips package's weights/v0.1/vgg.pth")
     return ap
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    cfg = MiniConfig(seed=args.seed)
+    cfg = MiniConfig(seed=args.seed, distill_loss=args.distill_loss)
     cfg = cfg.fast() if args.fast else cfg
     out = args.out or ("runs/mini-fast" if args.fast else "runs/mini")
     try:
         writable(out, "--out", folder=True)
-        m = run(cfg, out)                                # checks the folder's configuration before any work
+        resolve_loss(args.distill_loss, lpips=lambda p, t: 0)          # the name, checked before any work
+        if bool(args.lpips_vgg) != bool(args.lpips_lin):
+            raise ValueError("give both --lpips-vgg and --lpips-lin, or neither (random LPIPS weights)")
+        files = (args.lpips_vgg, args.lpips_lin) if args.lpips_vgg else None
+        m = run(cfg, out, lpips_files=files)             # checks the folder's configuration before any work
     except (MiniRunError, ValueError) as e:            # ValueError: the trainer refusing to resume another run
         return fail(e)
     if cfg.mode == "fast":

@@ -31,13 +31,14 @@ from matplotlib.figure import Figure
 
 from rectflow.metrics import straightness
 
-from ..checkpoints.loaders import read_weights
+from ..checkpoints.loaders import load_lpips, read_weights
+from ..models.lpips import LPIPS
 from ..checkpoints.safetensors_io import save_file
 from ..sampling.loop import cfg_context, guided_model, rf_timestep, sample
 from ..sampling.pipeline import noise
 from ..sampling.samplers import eps_velocity
 from ..training import triplets
-from ..training.objectives import eps_teacher
+from ..training.objectives import eps_teacher, lpips_distance
 from ..training.trainer import TrainConfig, latest_checkpoint, read_checkpoint, train, weights
 from . import control, edit, features, models, shapes
 
@@ -56,6 +57,7 @@ class MiniConfig:
     rf_steps: int = 16             # Euler steps of the 2-RF when it makes the distillation pairs
     distill_iters: int = 600
     distill_lr: float = 1e-4
+    distill_loss: str = "l2"       # or "lpips", "l2+0.5*lpips": LPIPS of the images (pixel space: no VAE here)
     lcm_lr: float = 5e-4           # LCM, for reflow_iters + distill_iters steps (the 2-RF's and student's budget);
                                    # a 150-step probe: at 1e-4 no 1-4 step sample was right yet, at 5e-4 most
     lcm_intervals: int = 20        # LCM's grid of teacher ODE steps (LCM: 50 DDIM steps of skip 20 on SD)
@@ -80,7 +82,7 @@ class MiniConfig:
     @property
     def mode(self):
         """"fast" (the smoke run), "full" (the default run) or "custom", for messages, tables and figures."""
-        base = replace(MiniConfig(), seed=self.seed)
+        base = replace(MiniConfig(), seed=self.seed, distill_loss=self.distill_loss)
         return "fast" if self == base.fast() else "full" if self == base else "custom"
 
 
@@ -120,8 +122,8 @@ def sampler_fn(unet, ctx, steps, guidance, sampler):
     return lambda x0, ids: sample(unet, ctx(ids), x0, steps, guidance, sampler)
 
 
-def stage_train(unet, text_encoder, data, out, cfg, tok, progress, teacher=None):
-    result = train(unet, text_encoder, data, cfg, out, tok([""]), progress=progress, teacher=teacher)
+def stage_train(unet, text_encoder, data, out, cfg, tok, progress, teacher=None, lpips=None):
+    result = train(unet, text_encoder, data, cfg, out, tok([""]), progress=progress, teacher=teacher, lpips=lpips)
     if result["ema"] is not None:                        # continue from the EMA weights
         unet.load_state_dict(result["ema"])
     return result["losses"]
@@ -168,8 +170,23 @@ def grid(rows, captions, path, note=None):
     fig.savefig(path, dpi=120)
 
 
-def run(cfg=MiniConfig(), out="runs/mini", progress=True):
-    """All stages; returns the metrics dict (also written to out/metrics.json)."""
+def student_lpips(cfg, files):
+    """The distillation's LPIPS when cfg.distill_loss names it: from (vgg, lin) files, else LPIPS-VGG with random
+    weights (a smoke test of the code path: say so), on the mini's 16x16 images directly (no VAE)."""
+    if "lpips" not in cfg.distill_loss:
+        return None
+    if files:
+        net = load_lpips(*files)
+    else:
+        print("LPIPS with random weights (no --lpips-vgg / --lpips-lin): the code path runs, the loss means little")
+        torch.manual_seed(cfg.seed)
+        net = LPIPS().eval().requires_grad_(False)
+    return lpips_distance(net)
+
+
+def run(cfg=MiniConfig(), out="runs/mini", progress=True, lpips_files=None):
+    """All stages; returns the metrics dict (also written to out/metrics.json). lpips_files: (torchvision's VGG16
+    weights, the lpips package's vgg.pth) for a distill_loss naming lpips."""
     out, t_start = Path(out), time.time()
     check_run(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +241,8 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True):
     student = models.unet()
     student.load_state_dict(rf2.state_dict())
     stage_train(student, text_encoder, pairs, out / "student", TrainConfig(objective="distill",
-                iters=cfg.distill_iters, lr=cfg.distill_lr, cfg_dropout=0.0, **common), tok, progress)
+                iters=cfg.distill_iters, lr=cfg.distill_lr, cfg_dropout=0.0, loss=cfg.distill_loss, **common), tok,
+                progress, lpips=student_lpips(cfg, lpips_files))
     seconds["distill"] = time.time() - t0
 
     # 3b. the rival, LCM: consistency distillation of the same guided teacher, on the same step budget
