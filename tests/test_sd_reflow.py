@@ -203,7 +203,9 @@ def test_loss_is_pluggable_and_bad_names_are_explained():
     assert objectives.resolve_loss("torch.nn.functional:l1_loss") is torch.nn.functional.l1_loss
     with pytest.raises(ValueError, match="cannot import lpips from torch"):
         objectives.resolve_loss("torch:lpips")
-    with pytest.raises(ValueError, match="unknown loss 'lpips'"):
+    with pytest.raises(ValueError, match="unknown loss 'l1'"):
+        objectives.resolve_loss("l1")
+    with pytest.raises(ValueError, match="needs LPIPS's weights"):         # known, but its network is not given
         objectives.resolve_loss("lpips")
 
 
