@@ -101,7 +101,7 @@ def main(argv=None):
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("stopped")
+        print("stopped", flush=True)
     finally:
         server.server_close()
     return 0

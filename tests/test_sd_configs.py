@@ -34,7 +34,7 @@ def test_sd2_style_unet_from_a_folder_and_a_single_file(tmp_path):
         assert max_diff(ours(x, t, c), r) <= TOL and max_diff(single(x, t, c), r) <= TOL
 
 
-@pytest.mark.parametrize("field,value", [("transformer_layers_per_block", 2), ("class_embed_type", "timestep"),
+@pytest.mark.parametrize("field,value", [("addition_embed_type", "text"), ("class_embed_type", "timestep"),
                                          ("resnet_time_scale_shift", "scale_shift")])
 def test_unet_configs_we_do_not_build_are_refused_by_name(tmp_path, field, value):
     ref = diffusers.UNet2DConditionModel(**{**SD2_CFG, field: value})

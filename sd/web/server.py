@@ -169,4 +169,5 @@ def make_server(backend, host="127.0.0.1", port=7860, queue=4, quiet=False):
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
+    server.block_on_close = False          # closing (Ctrl-C) does not wait for a request thread that may hang
     return server
