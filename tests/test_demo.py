@@ -177,8 +177,11 @@ def test_cli_errors_exit_2_before_loading(tmp_path):
 
 
 def test_cli_serves_warns_for_another_host_and_stops_on_ctrl_c(tiny):
+    # SIGINT back to its default in the child: a test run started in the background by a non-interactive shell
+    # (`bash script &`) ignores SIGINT, which a child inherits, and Python then installs no KeyboardInterrupt
     p = subprocess.Popen([sys.executable, "-m", "sd.demo", "--model", str(tiny[0]), "--host", "0.0.0.0", "--port", "0",
-                          "--size", "32"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--size", "32"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = p.stdout.readline()
         assert "demo of" in line and "http://127.0.0.1:" in line, line + p.stderr.read()
