@@ -275,3 +275,18 @@ def test_refiner_in_bf16_keeps_the_vae_in_fp32_and_stays_close(refiner):
     got = half.refine(image(), "a cat", progress=False, return_latents=True)
     assert rel(got.latents.float(), want.latents) <= 5e-2
     assert np.abs(got.images.astype(int) - want.images).max() <= 8
+
+
+def test_refiner_refuses_a_base_folder_and_a_scheduler_it_does_not_implement(refiner, tmp_path):
+    import shutil
+    folder, _ = refiner
+    copy = tmp_path / "r"
+    shutil.copytree(folder, copy)
+    f = copy / "scheduler" / "scheduler_config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "use_karras_sigmas": True}))
+    with pytest.raises(CheckpointError, match="use_karras_sigmas=True \\(supported: False\\)"):
+        load_refiner(copy)
+    index = copy / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "text_encoder": ["transformers", "CLIPTextModel"]}))
+    with pytest.raises(CheckpointError, match="an SDXL base folder"):
+        load_refiner(copy)
