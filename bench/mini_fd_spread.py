@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sd.mini import features, shapes  # noqa: E402
 from sd.mini.run import MiniConfig, context_fn, load_models, stage_features  # noqa: E402
 from sd.sampling.loop import sample  # noqa: E402
-from sd.sampling.pipeline import noise  # noqa: E402
+from sd.sampling.pipeline import noises  # noqa: E402
 
 NOISES, RENDERS = (90_000, 190_000, 290_000), (12, 13, 14)      # the run's own sets come first
 
@@ -34,7 +34,7 @@ def main(out="runs/mini"):
         for name, (net_, steps, g, solver) in runs.items():
             fd[name] = []
             for base in NOISES:
-                x0 = torch.cat([noise((1, 3, cfg.size, cfg.size), base + i) for i in range(cfg.eval_samples)])
+                x0 = noises((3, cfg.size, cfg.size), range(base, base + cfg.eval_samples))
                 imgs = sample(net_, context_fn(text, tok, g)(ids), x0, steps, g, solver)
                 fd[name] += [features.frechet(net, imgs, r) for r in refs]
     print(f"{'model':<24}" + "".join(f"{f'n{a}/r{b}':>9}" for a in range(3) for b in range(3)) + f"{'min':>8}{'max':>8}")

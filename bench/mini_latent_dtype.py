@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from sd.mini import features, models, shapes  # noqa: E402
 from sd.mini.run import MiniConfig, context_fn, load_models, stage_train  # noqa: E402
 from sd.sampling.loop import sample  # noqa: E402
-from sd.sampling.pipeline import noise  # noqa: E402
+from sd.sampling.pipeline import noises  # noqa: E402
 from sd.training import triplets  # noqa: E402
 from sd.training.trainer import TrainConfig  # noqa: E402
 
@@ -40,7 +40,7 @@ def main():
     feature_net.eval()
     eval_caps = [shapes.CAPTIONS[i % len(shapes.CAPTIONS)] for i in range(cfg.eval_samples)]
     ids, shape = tok(eval_caps), tuple(manifest["latent_shape"])
-    x0 = torch.cat([noise((1, *shape), 90_000 + i) for i in range(cfg.eval_samples)])
+    x0 = noises(shape, range(90_000, 90_000 + cfg.eval_samples))
     renders = shapes.render(eval_caps, cfg.size, torch.Generator().manual_seed(cfg.seed + 12))
     rows = [("fp32 (the run's metrics.json)", *(recorded[f"2-RF, {n} step{'s' * (n > 1)}"][k] for n in (1, 4)
                                                 for k in ("fidelity", "fd")), 0.0)]

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sd.mini import models, shapes  # noqa: E402
 from sd.mini.run import MiniConfig, context_fn, load_models  # noqa: E402
 from sd.sampling.loop import sample  # noqa: E402
-from sd.sampling.pipeline import noise  # noqa: E402
+from sd.sampling.pipeline import noises  # noqa: E402
 from sd.training.trainer import latest_checkpoint, weights  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def main(out="runs/mini"):
     lcm = models.unet()
     lcm.load_state_dict(weights(latest_checkpoint(Path(out) / "lcm")))
     caps = [shapes.CAPTIONS[i % len(shapes.CAPTIONS)] for i in range(cfg.eval_samples)]   # the run's evaluation set
-    x0 = torch.cat([noise((1, 3, cfg.size, cfg.size), 90_000 + i) for i in range(cfg.eval_samples)])
+    x0 = noises((3, cfg.size, cfg.size), range(90_000, 90_000 + cfg.eval_samples))
     ctx = context_fn(text, tok, 1.0)(tok(caps))
     print(f"{'model':24s} {'fidelity':>9s} {'colour':>7s} {'position':>9s} {'blown up':>9s} {'background':>11s}")
     renders = shapes.render(caps, cfg.size, torch.Generator().manual_seed(cfg.seed + 12))

@@ -170,8 +170,8 @@ def check_refine_args(args, prefix=""):
 def refine_kwargs(args, prefix=""):
     """Refiner.refine's keyword arguments from the options of add_refine_args."""
     dest = prefix.replace("-", "_")
-    return {k: getattr(args, dest + a) for k, a in (("strength", "strength"), ("steps", "steps"), ("guidance", "guidance"),
-            ("aesthetic_score", "aesthetic_score"), ("negative_aesthetic_score", "negative_aesthetic_score"))}
+    return {k: getattr(args, dest + k) for k in ("strength", "steps", "guidance", "aesthetic_score",
+                                                 "negative_aesthetic_score")}
 
 
 def print_times(seconds, label="refine"):

@@ -35,7 +35,7 @@ from ..checkpoints.loaders import load_lpips, read_weights
 from ..models.lpips import LPIPS
 from ..checkpoints.safetensors_io import save_file
 from ..sampling.loop import cfg_context, guided_model, rf_timestep, sample
-from ..sampling.pipeline import noise
+from ..sampling.pipeline import noises
 from ..sampling.samplers import eps_velocity
 from ..training import triplets
 from ..training.objectives import eps_teacher, lpips_distance
@@ -264,7 +264,7 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True, lpips_files=None):
     t0 = time.time()
     eval_caps = [shapes.CAPTIONS[i % len(shapes.CAPTIONS)] for i in range(cfg.eval_samples)]
     ids = tok(eval_caps)
-    x0 = torch.cat([noise((1, *shape), 90_000 + i) for i in range(cfg.eval_samples)])
+    x0 = noises(shape, range(90_000, 90_000 + cfg.eval_samples))
     label = "{}, {} step{}".format
     runs = {label(who, n, "s" * (n > 1)): (net, n, g, solver) for who, net, g, solver, steps in (
         ("teacher", unet, cfg.guidance, "dpm++", [cfg.teacher_steps] + [n for n in (1, 2, 4) if n != cfg.teacher_steps]),

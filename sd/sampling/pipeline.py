@@ -59,6 +59,14 @@ def noise(shape, seed):
     return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
 
+def noises(sample_shape, seeds):
+    """One noise per seed, stacked: [len(seeds), *sample_shape] (sample j from seed j, whatever the batch)."""
+    seeds = [int(j) for j in seeds]
+    if not seeds:
+        return torch.empty((0, *sample_shape))
+    return torch.cat([noise((1, *sample_shape), j) for j in seeds])
+
+
 def slerp(a, b, alpha):
     """Spherical interpolation between two noises (keeps their Gaussian norm):
     sin((1 - a) theta) / sin(theta) a + sin(a theta) / sin(theta) b,  cos(theta) = <a, b> / |a||b|."""
@@ -84,7 +92,15 @@ class Output:
 
 
 class OnUNet:
-    """A pipeline runs where its UNet is, in the UNet's dtype."""
+    """A pipeline runs where its UNet is, in the UNet's dtype (and keeps its compiled modules in self._compiled)."""
+
+    def compiled(self, module, compile):
+        """`module` compiled once per mode with torch.compile (fullgraph); compile=True is mode "default"."""
+        mode = compile if isinstance(compile, str) else "default"
+        key = (mode, id(module))
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(module, fullgraph=True, **compile_kwargs(mode, self.device, self.dtype))
+        return self._compiled[key]
 
     @property
     def device(self):
@@ -137,13 +153,7 @@ class Pipeline(OnUNet):
     def controlnet_for(self, net, compile):
         """A ControlNet eager, or compiled (fullgraph; "default" mode unless a mode is named: CUDA graphs
         of a ControlNet feeding the UNet are not verified here)."""
-        if not compile:
-            return net
-        mode = compile if isinstance(compile, str) else "default"
-        key = (mode, id(net))
-        if key not in self._compiled:
-            self._compiled[key] = torch.compile(net, fullgraph=True, **compile_kwargs(mode, self.device, self.dtype))
-        return self._compiled[key]
+        return self.compiled(net, compile) if compile else net
 
     def _controls(self, controlnet, control_image, control_scale, height, width, n):
         """[(ControlNet, control image [1 or n, 3, H, W] in [0, 1] on the device, scale), ...], all checked

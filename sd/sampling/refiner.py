@@ -29,7 +29,7 @@ from ..checkpoints.images import ImageError, to_model_range
 from ..checkpoints.loaders import CheckpointError, load_text_encoder, load_unet, load_vae, locate
 from ..models.clip import TextEncoderWithProjection
 from ..models.tokenizer import load_tokenizer
-from .pipeline import OnUNet, Output, PipelineError, compile_kwargs, to_uint8
+from .pipeline import OnUNet, Output, PipelineError, to_uint8
 from .samplers import add_noise, euler_discrete_schedule, img2img_start, sample_euler_discrete, sd_alphas_cumprod
 
 # scheduler_config.json fields this sampler implements, and the values it supports
@@ -51,15 +51,6 @@ class Refiner(OnUNet):
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.path = path
         self._compiled = {}
-
-    def unet_for(self, compile):
-        """The UNet eager, or compiled once per mode (fullgraph; True: "default"; a mode name: that mode)."""
-        if not compile:
-            return self.unet
-        mode = compile if isinstance(compile, str) else "default"
-        if mode not in self._compiled:
-            self._compiled[mode] = torch.compile(self.unet, fullgraph=True, **compile_kwargs(mode, self.device, self.dtype))
-        return self._compiled[mode]
 
     def schedule(self, steps):
         """(timesteps, sigmas) of `steps` Euler-discrete steps, as the folder's scheduler config sets them."""
@@ -151,7 +142,7 @@ class Refiner(OnUNet):
         secs["steps"], bar = [], tqdm(total=len(timesteps), desc="refine", disable=not progress, leave=False)
         last = time.perf_counter()
 
-        unet = self.unet_for(compile)
+        unet = self.compiled(self.unet, compile) if compile else self.unet
 
         def eps_model(xin, k):
             if not cfg:

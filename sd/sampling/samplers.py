@@ -127,8 +127,8 @@ def euler_discrete_schedule(steps, n=1000, spacing="leading", offset=1, alphas_c
     k_i = (N - 1 - i) floor(n / N) + offset, "trailing" and "linspace" too) and the sigmas
     s_i = sqrt((1 - alpha_bar) / alpha_bar) interpolated linearly at k_i, then a final 0."""
     ac = sd_alphas_cumprod(n) if alphas_cumprod is None else alphas_cumprod
-    if spacing == "leading":
-        timesteps = (np.arange(0, steps) * (n // steps)).round()[::-1].astype(np.float32) + offset
+    if spacing == "leading":                                  # DDIM's timesteps
+        timesteps = ddim_timesteps(steps, n, offset)[0].astype(np.float32)
     elif spacing == "trailing":
         timesteps = np.arange(n, 0, -n / steps).round().astype(np.float32) - 1
     elif spacing == "linspace":

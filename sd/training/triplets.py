@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoints.safetensors_io import SafeOpen, SafetensorsError, save_file
-from ..sampling.pipeline import noise
+from ..sampling.pipeline import noises
 
 MANIFEST = "manifest.json"
 PROMPT_INDEX = "prompts.index.safetensors"
@@ -180,7 +180,7 @@ def generate(out, prompts, tokenizer, sample_batch, latent_shape, config, shard_
         parts = {"noise": [], "latents": [], "ids": []}
         for first in range(s["first"], s["first"] + s["count"], batch_size):
             js = range(first, min(first + batch_size, s["first"] + s["count"]))
-            x0 = torch.cat([noise((1, *latent_shape), seed + j) for j in js])          # X_0, one seed per sample
+            x0 = noises(latent_shape, [seed + j for j in js])                         # X_0, one seed per sample
             ids = tokenizer([prompts[j] for j in js])
             with torch.no_grad():
                 x1 = sample_batch(x0, ids)                                            # X_1 = teacher(X_0, prompt)
@@ -214,8 +214,7 @@ class Column:
     def __getitem__(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.int64).reshape(-1)
         if self.seed is not None:                   # X_0 = noise of seed + j (the convention generate used)
-            return torch.cat([noise((1, *self.shape[1:]), self.seed + int(j)) for j in idx]) if len(idx) else \
-                torch.empty((0, *self.shape[1:]))
+            return noises(self.shape[1:], (self.seed + idx).tolist())
         out = torch.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
         which = torch.searchsorted(self.firsts, idx, right=True) - 1             # the shard of each row
         for s in which.unique().tolist():
