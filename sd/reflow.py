@@ -51,7 +51,8 @@ def cmd_generate(a):
     config = {"teacher": str(a.teacher), "sampler": sampler, "steps": a.steps, "guidance": a.guidance,
               "negative_prompt": a.negative_prompt, "height": a.height, "width": a.width, "dtype": a.dtype}
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    prompts = triplets.PromptFile(a.prompts, Path(a.out) / triplets.PROMPT_INDEX if rank == 0 else None)
+    prompts = triplets.PromptFile(a.prompts, Path(a.out) / triplets.PROMPT_INDEX if rank == 0 else None,
+                                  progress=rank == 0)                     # a bar while a big file is indexed
     n = triplets.generate(a.out, prompts, pipe.tokenizer, sample_batch, shape, config, a.shard_size, a.batch_size,
                           a.seed, rank, world, latent_dtype=a.latent_dtype, store_noise=a.store_noise)
     print(f"rank {rank}: wrote {n} shard(s) to {a.out}")
