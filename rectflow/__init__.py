@@ -10,16 +10,17 @@
     consistency, meanflow, shortcut, progressive   the other few-step families (import them by module)
 """
 from .couplings import independent_coupling, minibatch_ot_pairs, pairs_coupling
-from .distill import distill_loss, mse, train_student
-from .flow import call_velocity, interpolate, rf_loss, sample_time, velocity_target
+from .distill import distill_loss, train_student
+from .flow import append_dims, batch_time, call_velocity, interpolate, mse, rf_loss, sample_time, velocity_target
 from .metrics import linear_sum_assignment, reconstruction_error, straightness, w2
 from .ode import SOLVERS, euler, invert, solve
-from .paths import PATHS, Path, get_path
+from .paths import PATHS, Path, get_path, path_loss
 from .reflow import generate_pairs, load_pairs, save_pairs, train_flow
-from .train import fit, fit_coupling
+from .train import ema_update, fit, fit_coupling
 
-__all__ = ["interpolate", "velocity_target", "sample_time", "rf_loss", "call_velocity", "solve", "euler", "invert",
+__all__ = ["interpolate", "velocity_target", "sample_time", "rf_loss", "mse", "path_loss", "append_dims", "batch_time",
+           "call_velocity", "ema_update", "solve", "euler", "invert",
            "SOLVERS", "independent_coupling", "pairs_coupling",
            "minibatch_ot_pairs", "PATHS", "Path", "get_path", "train_flow", "generate_pairs",
-           "save_pairs", "load_pairs", "distill_loss", "train_student", "mse", "straightness", "reconstruction_error", "w2",
+           "save_pairs", "load_pairs", "distill_loss", "train_student", "straightness", "reconstruction_error", "w2",
            "linear_sum_assignment", "fit", "fit_coupling"]

@@ -29,14 +29,14 @@ import math
 import torch
 
 from .checks import positive_int
-from .flow import _expand_time, call_velocity, interpolate
-from .train import fit_coupling
+from .flow import append_dims, batch_time, call_velocity, interpolate, mse
+from .train import ema_update, fit_coupling
 
 
 def consistency_fn(model, x, t, cond=None):
     """f(x, t) = x + (1 - t) F(x, t): f(x, 1) = x whatever F is (the boundary condition)."""
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-    return x + _expand_time(1 - t, x) * call_velocity(model, x, t, cond)
+    t = batch_time(t, x)
+    return x + append_dims(1 - t, x) * call_velocity(model, x, t, cond)
 
 
 def ct_schedule(k, total, s0=2, s1=150):
@@ -46,7 +46,7 @@ def ct_schedule(k, total, s0=2, s1=150):
 
 
 def consistency_loss(model, target_model, x0, x1, n_intervals, teacher=None, cond=None, generator=None,
-                     loss_fn=None, n=None):
+                     loss_fn=mse, n=None):
     """d(f_theta(X_{t_n}, t_n), f_{theta^-}(X_hat_{t_{n+1}}, t_{n+1})) at a random grid index n (drawn
     from `generator` unless given, one per sample).
 
@@ -60,19 +60,12 @@ def consistency_loss(model, target_model, x0, x1, n_intervals, teacher=None, con
     xt = interpolate(x0, x1, t)
     with torch.no_grad():
         if teacher is not None:                       # CD: one teacher ODE step, t_n -> t_{n+1}
-            x_next = xt + _expand_time(t_next - t, xt) * call_velocity(teacher, xt, t, cond)
+            x_next = xt + append_dims(t_next - t, xt) * call_velocity(teacher, xt, t, cond)
         else:                                         # CT: the pair's own step, = X_{t_{n+1}}
             x_next = interpolate(x0, x1, t_next)
         target = consistency_fn(target_model, x_next, t_next, cond)
     pred = consistency_fn(model, xt, t, cond)
-    return (pred - target).pow(2).mean() if loss_fn is None else loss_fn(pred, target)
-
-
-@torch.no_grad()
-def ema_update(target, model, decay):
-    """theta^- <- decay theta^- + (1 - decay) theta  (decay 0: theta^- = stopgrad(theta), as iCT)."""
-    for p_t, p in zip(target.parameters(), model.parameters()):
-        p_t.lerp_(p.detach(), 1 - decay)
+    return loss_fn(pred, target)
 
 
 def train_consistency(model, coupling, iters, teacher=None, n_intervals=18, ema=0.95, batch_size=1024, seed=0,
@@ -84,7 +77,7 @@ def train_consistency(model, coupling, iters, teacher=None, n_intervals=18, ema=
 
     def loss(m, x0, x1, cond, gen):
         i = next(step)
-        ema_update(target, m, ema)                    # the EMA of the weights after step i - 1
+        ema_update(target.parameters(), m.parameters(), ema)   # theta^-: the EMA after step i - 1
         n = ct_schedule(i, iters) - 1 if teacher is None and ct_growth else n_intervals
         return consistency_loss(m, target, x0, x1, n, teacher, cond, gen)
     return fit_coupling(model, coupling, loss, iters, batch_size, seed, desc=desc, **fit_kwargs)

@@ -11,13 +11,8 @@ step predicting the endpoint  Z_1_hat = X_t + (1 - t) v(X_t, t)  with X_t = t Z_
 import torch
 
 from .checks import positive_int
-from .flow import call_velocity, interpolate
+from .flow import append_dims, call_velocity, interpolate, mse
 from .train import fit_coupling
-
-
-def mse(pred, target):
-    """The default distillation loss: squared L2, averaged over coordinates."""
-    return (pred - target).pow(2).mean()
 
 
 def distill_loss(student, z0, z1, k=1, cond=None, generator=None, loss_fn=mse):
@@ -30,8 +25,7 @@ def distill_loss(student, z0, z1, k=1, cond=None, generator=None, loss_fn=mse):
     j = torch.randint(0, k, (z0.shape[0],), generator=generator).to(z0.device)
     t = j.to(z0.dtype) / k
     xt = interpolate(z0, z1, t)
-    rest = (1 - t).reshape(-1, *([1] * (z0.ndim - 1)))
-    z1_hat = xt + rest * call_velocity(student, xt, t, cond)
+    z1_hat = xt + append_dims(1 - t, xt) * call_velocity(student, xt, t, cond)   # X_t + (1 - t) v(X_t, t)
     return loss_fn(z1_hat, z1)
 
 

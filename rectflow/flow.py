@@ -9,26 +9,32 @@ Eq. (1) of the paper, the whole method in one line:
 """
 import torch
 
-from .paths import get_path
 
-
-def _expand_time(t, x):
-    """Reshape t [B] (or a scalar) so that it broadcasts against x [B, ...]."""
+def batch_time(t, x):
+    """t as a tensor of shape [B] on x's device and dtype: a number or a 0-d tensor is repeated per sample."""
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
-    return t.reshape(-1, *([1] * (x.ndim - 1)))
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+def append_dims(t, x):
+    """t ([B] or a number) as [B, 1, ..., 1], so that it broadcasts against x [B, ...] (k-diffusion's append_dims)."""
+    return batch_time(t, x).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def interpolate(x0, x1, t):
     """The linear interpolation of Eq. (1):  X_t = t X_1 + (1 - t) X_0."""
-    t = _expand_time(t, x0)
+    t = append_dims(t, x0)
     return t * x1 + (1 - t) * x0
 
 
 def velocity_target(x0, x1):
     """The regression target of Eq. (1): the straight-line direction  X_1 - X_0."""
     return x1 - x0
+
+
+def mse(pred, target):
+    """The squared error of Eq. (1), averaged over samples and coordinates (a constant rescaling of the sum)."""
+    return (pred - target).pow(2).mean()
 
 
 def sample_time(n, kind="uniform", generator=None, device=None, mean=0.0, std=1.0):
@@ -47,34 +53,22 @@ def sample_time(n, kind="uniform", generator=None, device=None, mean=0.0, std=1.
 
 def call_velocity(v, x, t, cond=None):
     """Evaluate a velocity model v(x, t) or v(x, t, cond) with t given per sample ([B])."""
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
+    t = batch_time(t, x)
     return v(x, t) if cond is None else v(x, t, cond)
 
 
-def rf_loss(v, x0, x1, cond=None, t=None, time_sampler="uniform", generator=None, loss_fn=None,
-            path="linear"):
+def rf_loss(v, x0, x1, cond=None, t=None, time_sampler="uniform", generator=None, loss_fn=mse):
     """Monte-Carlo estimate of the rectified-flow loss, Eq. (1):
 
         E_t E[ || (X_1 - X_0) - v(X_t, t) ||^2 ],   X_t = t X_1 + (1 - t) X_0.
 
     (x0, x1) are samples of a coupling: independent draws for 1-rectified flow, the pairs
-    (Z_0, Z_1) of a previous flow for reflow. The squared error is averaged over all
-    coordinates (a constant rescaling of Eq. (1)). `loss_fn(pred, target)` replaces it.
-
-    `path` ('linear', 'vp', 'cosine' or a `rectflow.paths.Path`) selects the paper's nonlinear
-    extension X_t = alpha_t X_1 + beta_t X_0 with target alpha'_t X_1 + beta'_t X_0; the default
-    'linear' (alpha_t = t, beta_t = 1 - t) is Eq. (1) above, operation for operation.
+    (Z_0, Z_1) of a previous flow for reflow. `loss_fn(pred, target)` replaces the squared error
+    (`mse`: averaged over coordinates). The paper's nonlinear paths: `rectflow.paths.path_loss`.
     """
-    p = get_path(path)
     if t is None:
         t = sample_time(x0.shape[0], time_sampler, generator=generator, device=x0.device)
-    t = p.clip(torch.as_tensor(t, dtype=x0.dtype, device=x0.device))
-    tb = _expand_time(t, x0)
-    xt = p.interpolate(x0, x1, tb)          # Eq. (1): t X_1 + (1 - t) X_0 on the linear path
-    pred = call_velocity(v, xt, t, cond)
-    target = p.target(x0, x1, tb)           # Eq. (1): X_1 - X_0 on the linear path
-    if loss_fn is not None:
-        return loss_fn(pred, target)
-    return (pred - target).pow(2).mean()
+    t = batch_time(t, x0)
+    xt = interpolate(x0, x1, t)             # X_t = t X_1 + (1 - t) X_0
+    target = velocity_target(x0, x1)        # X_1 - X_0
+    return loss_fn(call_velocity(v, xt, t, cond), target)

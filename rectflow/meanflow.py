@@ -27,7 +27,7 @@ The network is called as u(z, t, r), i.e. a model v(x, t, cond) with cond = r.
 import torch
 from torch.func import jvp
 
-from .flow import _expand_time, interpolate, velocity_target
+from .flow import append_dims, interpolate, mse, velocity_target
 from .ode import euler
 from .train import fit_coupling
 
@@ -45,7 +45,7 @@ def sample_span(n, equal_fraction=0.75, generator=None, device=None):
 def meanflow_target(model, xt, t, r, v):
     """(u, sg(v + (r - t) du/dt)): the network's u and its regression target, du/dt along (v, 1, 0)."""
     u, dudt = jvp(lambda z, tt, rr: model(z, tt, rr), (xt, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
-    return u, (v + _expand_time(r - t, xt) * dudt).detach()
+    return u, (v + append_dims(r - t, xt) * dudt).detach()
 
 
 def meanflow_loss(model, x0, x1, cond=None, generator=None, equal_fraction=0.75):
@@ -55,7 +55,7 @@ def meanflow_loss(model, x0, x1, cond=None, generator=None, equal_fraction=0.75)
     t, r = sample_span(x0.shape[0], equal_fraction, generator, x0.device)
     t, r = t.to(x0.dtype), r.to(x0.dtype)
     u, target = meanflow_target(model, interpolate(x0, x1, t), t, r, velocity_target(x0, x1))
-    return (u - target).pow(2).mean()
+    return mse(u, target)
 
 
 def train_meanflow(model, coupling, iters, batch_size=1024, seed=0, equal_fraction=0.75, desc="meanflow",

@@ -7,7 +7,7 @@ reconstruction_error  E|| G(I(x_1)) - x_1 ||^2: invert with N backward Euler ste
 w2            the 2-Wasserstein distance between two equal-size sample sets, computed EXACTLY as
               an optimal assignment (a permutation), in numpy:
                   W2(a, b)^2 = min_sigma (1/n) sum_i || a_i - b_sigma(i) ||^2.
-              The assignment costs O(n^3): about 4 s for n = 1000 on one core, so keep n <= ~1000.
+              The assignment costs O(n^3): keep n <= ~1000 (seconds on one core).
 """
 import numpy as np
 import torch

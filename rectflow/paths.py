@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from .flow import append_dims, batch_time, call_velocity, mse, sample_time
+
 VP_A, VP_B = 19.9, 0.1     # beta_max - beta_min and beta_min of the VP SDE
 VP_T_MAX = 1 - 1e-3        # VP's beta'_t = -alpha_t alpha'_t / beta_t diverges at t = 1
 
@@ -92,3 +94,19 @@ def get_path(path):
     if path not in PATHS:
         raise ValueError(f"unknown interpolation path {path!r}: choose one of {sorted(PATHS)}")
     return PATHS[path]
+
+
+def path_loss(v, x0, x1, path, cond=None, t=None, time_sampler="uniform", generator=None, loss_fn=mse):
+    """Eq. (1) on the path X_t = alpha_t X_1 + beta_t X_0 (the paper's nonlinear extension):
+
+        E_t E[ || (alpha'_t X_1 + beta'_t X_0) - v(X_t, t) ||^2 ].
+
+    `path` is a name of PATHS or a Path; on 'linear' this is `rectflow.flow.rf_loss`, number for number."""
+    p = get_path(path)
+    if t is None:
+        t = sample_time(x0.shape[0], time_sampler, generator=generator, device=x0.device)
+    t = p.clip(batch_time(t, x0))
+    tb = append_dims(t, x0)
+    xt = p.interpolate(x0, x1, tb)          # X_t = alpha_t X_1 + beta_t X_0
+    target = p.target(x0, x1, tb)           # alpha'_t X_1 + beta'_t X_0
+    return loss_fn(call_velocity(v, xt, t, cond), target)

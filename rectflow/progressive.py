@@ -16,7 +16,7 @@ import copy
 import torch
 
 from .checks import positive_int
-from .flow import interpolate
+from .flow import interpolate, mse
 from .train import fit_coupling
 
 
@@ -34,7 +34,7 @@ def progressive_loss(student, teacher, x0, x1, n, generator=None):
     k = torch.randint(0, n // 2, (x0.shape[0],), generator=generator).to(x0.device)
     t = (2 * k).to(x0.dtype) / n
     xt = interpolate(x0, x1, t)
-    return (student(xt, t) - two_teacher_steps(teacher, xt, t, n)).pow(2).mean()
+    return mse(student(xt, t), two_teacher_steps(teacher, xt, t, n))
 
 
 def train_progressive(model, coupling, iters_per_round, start_steps, batch_size=1024, seed=0, desc="progressive",

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .flow import rf_loss
 from .ode import solve
+from .paths import path_loss
 from .train import fit_coupling
 
 
@@ -21,7 +22,9 @@ def train_flow(model, coupling, iters, batch_size=1024, time_sampler="uniform", 
     `path` other than 'linear' trains on the paper's nonlinear extension (`rectflow.paths`).
     """
     def loss(model, x0, x1, cond, gen):
-        return rf_loss(model, x0, x1, cond, time_sampler=time_sampler, generator=gen, path=path)
+        if path == "linear":
+            return rf_loss(model, x0, x1, cond, time_sampler=time_sampler, generator=gen)
+        return path_loss(model, x0, x1, path, cond, time_sampler=time_sampler, generator=gen)
     return fit_coupling(model, coupling, loss, iters, batch_size, seed, desc=desc, **fit_kwargs)
 
 

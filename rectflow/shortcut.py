@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .flow import _expand_time, interpolate, velocity_target
+from .flow import append_dims, interpolate, velocity_target
 from .ode import euler
 from .train import fit_coupling
 
@@ -38,7 +38,7 @@ def shortcut_target(model, xt, t, d, finest):
     with torch.no_grad():
         d_in = torch.where(d < finest, torch.zeros_like(d), d)
         s1 = model(xt, t, d_in)
-        s2 = model(xt + _expand_time(d, xt) * s1, t + d, d_in)
+        s2 = model(xt + append_dims(d, xt) * s1, t + d, d_in)
     return (s1 + s2) / 2
 
 

@@ -34,6 +34,14 @@ def fit(model, loss_on_batch, iters, lr=1e-3, weight_decay=0.0, grad_clip=1.0, c
     return losses
 
 
+@torch.no_grad()
+def ema_update(averages, params, decay):
+    """An exponential moving average of weights, tensor by tensor: theta_ema <- decay theta_ema + (1 - decay) theta
+    (decay 0 copies theta: a stop-gradient copy)."""
+    for a, p in zip(averages, params):
+        a.lerp_(p.detach(), 1 - decay)
+
+
 def fit_coupling(model, coupling, loss, iters, batch_size=1024, seed=0, **fit_kwargs):
     """Train on batches of a coupling: `loss(model, x0, x1, cond, generator)` on each draw.
 

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from rectflow.consistency import consistency_fn, consistency_loss, consistency_sample, ct_schedule
+import rectflow.consistency as consistency
+from rectflow.consistency import consistency_fn, consistency_loss, consistency_sample, ct_schedule, train_consistency
+from rectflow.train import ema_update
 from rectflow.meanflow import meanflow_loss, meanflow_sample, meanflow_target
 from rectflow.progressive import progressive_loss, two_teacher_steps
 from rectflow.shortcut import levels, shortcut_loss, shortcut_sample, shortcut_target
@@ -74,6 +76,40 @@ def test_ct_schedule_and_multistep_sampling():
     assert torch.allclose(two, consistency_fn(f, 0.5 * consistency_fn(f, x0, 0.0) + 0.5 * z, 0.5))
 
 
+def test_ema_update_is_the_moving_average_of_the_weights():
+    """theta_ema <- decay theta_ema + (1 - decay) theta: 0.9 of the average, 0.1 of the weights (not the reverse)."""
+    avg, weights = [torch.zeros(3, dtype=torch.float64)], [torch.full((3,), 10.0, dtype=torch.float64)]
+    ema_update(avg, weights, 0.9)
+    assert torch.allclose(avg[0], torch.full((3,), 1.0, dtype=torch.float64), rtol=1e-15)
+    ema_update(avg, weights, 0.0)                                              # decay 0: a copy
+    assert torch.equal(avg[0], weights[0])
+
+
+@pytest.mark.parametrize("kind", ["cd", "ct"])
+def test_the_consistency_training_loop_feeds_the_loss_its_grid_and_the_ema_target(kind, monkeypatch):
+    """Each iteration i gets CT's growing grid N(i) - 1 intervals (CD: the fixed grid) and the target network
+    theta^- = EMA of the weights, updated with the weights as they are after step i - 1."""
+    seen = []
+
+    def recording_loss(model, target, x0, x1, n_intervals, teacher=None, cond=None, generator=None):
+        seen.append((n_intervals, [p.detach().clone() for p in model.parameters()],
+                     [p.detach().clone() for p in target.parameters()]))
+        return model(x0, torch.zeros(len(x0), dtype=x0.dtype)).pow(2).mean()
+    monkeypatch.setattr(consistency, "consistency_loss", recording_loss)
+    (x0, x1), iters, decay = batch(), 5, 0.8
+    coupling = lambda n, g: (x0[:n], x1[:n], None)  # noqa: E731
+    model = Net(seed=3)
+    train_consistency(model, coupling, iters, teacher=Net(seed=4) if kind == "cd" else None, n_intervals=18,
+                      ema=decay, batch_size=16, progress=False, lr=1e-2)
+    want_n = [18] * iters if kind == "cd" else [ct_schedule(i, iters) - 1 for i in range(iters)]
+    assert [n for n, _, _ in seen] == want_n
+    target = [p.clone() for p in seen[0][1]]                                   # theta^- starts as theta
+    for _, weights, got in seen:
+        target = [decay * a + (1 - decay) * w for a, w in zip(target, weights)]
+        assert all(torch.allclose(g, a, rtol=1e-12, atol=1e-15) for g, a in zip(got, target))
+    assert not torch.equal(seen[-1][1][0], seen[0][1][0])                      # the weights did move
+
+
 # ---- MeanFlow ----------------------------------------------------------------------------------------
 
 def exact_average_velocity(z, t, r):
@@ -110,6 +146,20 @@ def test_meanflow_at_r_equal_t_is_the_rectified_flow_loss_and_samples_on_its_gri
     one = meanflow_sample(exact_average_velocity, x0, 1)
     assert torch.allclose(one, x0 * math.exp(A), atol=1e-12)             # one step of the exact u is exact
     assert torch.allclose(meanflow_sample(exact_average_velocity, x0, 4), one, atol=1e-12)
+
+
+def test_meanflow_loss_with_r_after_t_is_the_formula_written_out():
+    """r > t everywhere (equal_fraction 0): u(X_t, t, r) regressed on v + (r - t) du/dt, du/dt taken here by
+    central finite differences along (X_1 - X_0, 1, 0), not by jvp."""
+    net, (x0, x1), eps = Net(extra=1), batch(), 1e-6
+    got = meanflow_loss(net, x0, x1, generator=torch.Generator().manual_seed(8), equal_fraction=0.0)
+    g = torch.Generator().manual_seed(8)
+    a, b = torch.rand(len(x0), generator=g).double(), torch.rand(len(x0), generator=g).double()
+    t, r = torch.minimum(a, b), torch.maximum(a, b)
+    xt, v = t[:, None] * x1 + (1 - t[:, None]) * x0, x1 - x0
+    dudt = (net(xt + eps * v, t + eps, r) - net(xt - eps * v, t - eps, r)) / (2 * eps)
+    want = (net(xt, t, r) - (v + (r - t)[:, None] * dudt)).pow(2).mean()
+    assert bool((r > t).all()) and torch.allclose(got, want, rtol=1e-7), (float(got), float(want))
 
 
 # ---- shortcut models ---------------------------------------------------------------------------------
@@ -151,6 +201,27 @@ def test_shortcut_levels_loss_and_sampling():
     assert torch.isfinite(shortcut_loss(net, x0, x1, generator=g))
     for n in (1, 2, 8):                                        # the exact shortcut is exact at any step count
         assert torch.allclose(shortcut_sample(exact_shortcut, x0, n), x0 * math.exp(A), atol=1e-12)
+
+
+def test_the_shortcut_loss_with_self_consistency_is_the_formula_written_out():
+    """A quarter of the batch on self-consistency: s(x_t, t, 2d) against the mean of two steps of d (the flow,
+    d = 0, below the finest level), at t on the grid of 2d; the rest on flow matching; one mean of both."""
+    net, (x0, x1), m = Net(extra=1), batch(), 8
+    got = shortcut_loss(net, x0, x1, generator=torch.Generator().manual_seed(9), m=m, consistency_fraction=0.25)
+    g, n_sc = torch.Generator().manual_seed(9), len(x0) // 4
+    t_fm = torch.rand(len(x0) - n_sc, generator=g).double()
+    xt_fm = t_fm[:, None] * x1[n_sc:] + (1 - t_fm[:, None]) * x0[n_sc:]
+    fm = net(xt_fm, t_fm, torch.zeros_like(t_fm)) - (x1[n_sc:] - x0[n_sc:])
+    two_d = torch.tensor([1 / 8, 1 / 4, 1 / 2, 1.0], dtype=torch.float64)[torch.randint(4, (n_sc,), generator=g)]
+    t = torch.floor(torch.rand(n_sc, generator=g) / two_d) * two_d
+    xt = t[:, None] * x1[:n_sc] + (1 - t[:, None]) * x0[:n_sc]
+    d = two_d / 2
+    d_in = torch.where(d < 1 / 8, torch.zeros_like(d), d)                       # below 1/M: the flow itself
+    s1 = net(xt, t, d_in)
+    s2 = net(xt + d[:, None] * s1, t + d, d_in)
+    sc = net(xt, t, two_d) - (s1 + s2) / 2
+    want = (sc.pow(2).sum() + fm.pow(2).sum()) / (sc.numel() + fm.numel())
+    assert bool((t + two_d <= 1).all()) and torch.allclose(got, want, rtol=1e-12), (float(got), float(want))
 
 
 # ---- progressive distillation ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The interpolation paths of the paper's nonlinear extension (rectflow/paths.py) and rf_loss on them."""
+"""The interpolation paths of the paper's nonlinear extension (rectflow/paths.py) and path_loss on them."""
 import math
 
 import pytest
@@ -9,15 +9,15 @@ from rectflow.paths import VP_A, VP_B
 
 
 def test_linear_path_is_eq1_operation_for_operation():
-    """The default loss is bit-identical to Eq. (1) written out (the old rf_loss), for the same draw."""
+    """rf_loss, and path_loss on the linear path, are bit-identical to Eq. (1) written out, for the same draw."""
     x0, x1 = torch.randn(256, 2), torch.randn(256, 2)
     v = torch.nn.Linear(3, 2)
     model = lambda x, t: v(torch.cat([x, t[:, None]], 1))  # noqa: E731
     t = rf.sample_time(256, generator=torch.Generator().manual_seed(3))
     eq1 = (model(t[:, None] * x1 + (1 - t[:, None]) * x0, t) - (x1 - x0)).pow(2).mean()
-    for kw in ({}, {"path": "linear"}, {"path": rf.PATHS["linear"]}):
-        got = rf.rf_loss(model, x0, x1, generator=torch.Generator().manual_seed(3), **kw)
-        assert torch.equal(got, eq1), kw
+    assert torch.equal(rf.rf_loss(model, x0, x1, generator=torch.Generator().manual_seed(3)), eq1)
+    for path in ("linear", rf.PATHS["linear"]):
+        assert torch.equal(rf.path_loss(model, x0, x1, path, generator=torch.Generator().manual_seed(3)), eq1), path
 
 
 @pytest.mark.parametrize("name", ["linear", "vp", "cosine"])
@@ -61,14 +61,14 @@ def test_loss_on_a_nonlinear_path_targets_its_derivative():
             tc = p.clip(t)[:, None]
             return torch.func.jvp(lambda s: alpha(s) * x1 + beta(s) * x0, (tc,), (torch.ones_like(tc),))[1]
         straight = lambda x, t: x1 - x0  # noqa: E731
-        assert rf.rf_loss(exact, x0, x1, path=name).item() < 1e-8
-        assert rf.rf_loss(straight, x0, x1, path=name).item() > 0.1
-    assert rf.rf_loss(lambda x, t: x1 - x0, x0, x1, path="linear").item() == 0.0
+        assert rf.path_loss(exact, x0, x1, name).item() < 1e-8
+        assert rf.path_loss(straight, x0, x1, name).item() > 0.1
+    assert rf.path_loss(lambda x, t: x1 - x0, x0, x1, "linear").item() == 0.0
 
 
 def test_vp_stays_finite_at_t_1_and_unknown_paths_are_refused():
     x0, x1 = torch.randn(8, 2), torch.randn(8, 2)
-    loss = rf.rf_loss(lambda x, t: torch.zeros_like(x), x0, x1, t=torch.ones(8), path="vp")
+    loss = rf.path_loss(lambda x, t: torch.zeros_like(x), x0, x1, "vp", t=torch.ones(8))
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match=r"unknown interpolation path 've': choose one of \['cosine', 'linear', 'vp'\]"):
-        rf.rf_loss(lambda x, t: x, x0, x1, path="ve")
+        rf.path_loss(lambda x, t: x, x0, x1, "ve")

@@ -23,8 +23,8 @@ import importlib
 import torch
 
 from rectflow.consistency import consistency_loss
-from rectflow.distill import mse as l2
-from rectflow.flow import interpolate, sample_time, velocity_target
+from rectflow.flow import append_dims, rf_loss, sample_time
+from rectflow.flow import mse as l2
 
 from ..sampling.loop import guided_model, rf_timestep
 from ..sampling.samplers import eps_velocity, sd_alphas_cumprod
@@ -120,16 +120,13 @@ def loss(objective, unet, x0, x1, context, rand, loss_fn=mse, teacher=None, targ
         return consistency_loss(flow(unet), flow(target), rand["noise"].to(x1.device), x1, intervals,
                                 teacher, context, n=rand["n"], loss_fn=loss_fn)
     if objective == "reflow":
-        t = rand["t"].to(x1.device)
-        xt = interpolate(x0, x1, t)                                   # X_t = t X_1 + (1 - t) X_0
-        v = unet(xt, rf_timestep(t), context)                         # the timestep is (1 - t) * 1000
-        return mse(v, velocity_target(x0, x1))                        # || (X_1 - X_0) - v ||^2, Eq. (1)
+        return rf_loss(flow(unet), x0, x1, context, t=rand["t"].to(x1.device), loss_fn=mse)   # Eq. (1)
     if objective == "distill":
         x1_hat = x0 + unet(x0, torch.full((x0.shape[0],), rf_timestep(0.0), device=x0.device), context)
         return loss_fn(x1_hat, x1)                                    # one Euler step, dt = 1
     if objective == "eps":
         k, eps = rand["k"].to(x1.device), rand["eps"].to(x1.device)
-        a_bar = sd_alphas_cumprod().to(x1.device)[k].reshape(-1, *([1] * (x1.ndim - 1)))
+        a_bar = append_dims(sd_alphas_cumprod().to(x1.device)[k], x1)
         xk = a_bar.sqrt() * x1 + (1 - a_bar).sqrt() * eps             # x_k = alpha x1 + sigma eps
         return mse(unet(xk, k.float(), context), eps)                 # epsilon prediction
     raise ValueError(f"unknown objective {objective!r}: choose {', '.join(OBJECTIVES)}")
