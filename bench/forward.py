@@ -16,7 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.models import random_sd, random_weights  # noqa: E402
-from bench.timing import median_time  # noqa: E402
+from bench.timing import machine, median_time  # noqa: E402
 from sd.controlnet import ControlNet  # noqa: E402
 from sd.controlnet.model import SD15_CONTROLNET  # noqa: E402
 from sd.generate import DTYPES  # noqa: E402
@@ -79,8 +79,7 @@ def main():
     p.add_argument("--parts", nargs="+", default=["sd15", "refiner"], choices=["sd15", "refiner"])
     args = p.parse_args()
     dev = torch.device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{name}, torch {torch.__version__}, median of {args.repeats} runs\n")
+    print(f"\n{machine(dev)}, median of {args.repeats} runs\n")
     print("| | dtype | ours (s) | diffusers (s) | ratio ours / diffusers | max abs diff |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     if "sd15" in args.parts:

@@ -17,8 +17,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.models import random_sd  # noqa: E402
-from bench.timing import median_time  # noqa: E402
-from sd.sampling.euler import cfg_euler_step, fused_step  # noqa: E402
+from bench.timing import machine, median_time  # noqa: E402
+from sd.sampling.euler import cfg_euler_step, compile_step  # noqa: E402
 from sd.generate import DTYPES  # noqa: E402
 from tests.reference import instaflow_reference  # noqa: E402
 
@@ -43,8 +43,7 @@ def main():
     p.add_argument("--compile", action="store_true", help="also time our pipeline with compile=True")
     args = p.parse_args()
     dev = torch.device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{name}, torch {torch.__version__}, median of {args.repeats} (compiled: after one warm-up call)\n")
+    print(f"{machine(dev)}, median of {args.repeats} (compiled: after one warm-up call)\n")
 
     # 1. the update alone, at SD's shape with CFG: eager (several kernels) vs torch.compile (one)
     print("| CFG + Euler update, 1x4x64x64 | dtype | eager (us) | compiled (us) | ratio |")
@@ -53,7 +52,7 @@ def main():
         g = torch.Generator().manual_seed(0)
         lat = torch.randn(1, 4, 64, 64, generator=g).to(dev, DTYPES[dt])
         v = torch.randn(2, 4, 64, 64, generator=g).to(dev, DTYPES[dt])
-        fused, n = fused_step(compile=True), args.update_iters
+        fused, n = compile_step(), args.update_iters
         eager_t = median_time(lambda: [cfg_euler_step(lat, v, 7.5, 1.0, True) for _ in range(n)], args.repeats, dev) / n
         fused_t = median_time(lambda: [fused(lat, v, 7.5, 1.0, True) for _ in range(n)], args.repeats, dev) / n
         print(f"| per step | {dt} | {eager_t * 1e6:.1f} | {fused_t * 1e6:.1f} | {fused_t / eager_t:.2f} |")

@@ -1,4 +1,5 @@
-"""The median wall time of a call, after one warm-up, synchronising CUDA around it."""
+"""The benches' clock: the median wall time of a call (after one warm-up, CUDA synchronised), and the line that
+names the machine a table was measured on."""
 import statistics
 import time
 
@@ -17,3 +18,9 @@ def median_time(fn, repeats, device):
             torch.cuda.synchronize()
         out.append(time.perf_counter() - t0)
     return statistics.median(out)
+
+
+def machine(dev):
+    """The device's name (a GPU's, or the CPU's thread count) and torch's version, for a table's heading."""
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return f"{name}, torch {torch.__version__}"

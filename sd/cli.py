@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from rectflow.checks import HelpFormatter, positive_int, writable
+from rectflow.checks import positive_int
+from toy.cli import HelpFormatter, writable
 
 from .checkpoints.images import ImageError
 from .checkpoints.loaders import CheckpointError, load_tiny_vae, locate
@@ -95,7 +96,10 @@ def add_model_args(p, model_required=True):
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                    help="fp16 on a GPU; bf16 on a CPU with bf16 instructions, else fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fused Euler step, the UNet and the VAE decoder (CUDA graphs on CUDA)")
+    p.add_argument("--compile", nargs="?", const="default", default=False, metavar="MODE",
+                   choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile the UNet, the VAE decoder and the fused Euler step in torch.compile's MODE "
+                        "(default when no MODE is given; reduce-overhead adds CUDA graphs on a GPU)")
     p.add_argument("--sampler", choices=["euler", "ddim", "dpm++", "auto"], default="euler",
                    help="euler: rectified flow (InstaFlow, 2-RF); ddim / dpm++: an epsilon-prediction "
                         "teacher such as SD 1.5; auto: from the folder's scheduler config")

@@ -1,11 +1,20 @@
-"""The fused rectified-flow Euler step of InstaFlow's sampler, with classifier-free guidance:
+"""InstaFlow's sampler: Euler steps of a rectified flow in SD's latent space, with classifier-free guidance.
 
-    v = v_neg + w (v_text - v_neg)          (CFG; the batch holds negatives first, as the reference)
-    latents <- latents + dt * v             (Euler, X_{t+dt} = X_t + dt v(X_t, t))
+    X = X_0 (noise, t = 0);   for i in 0 .. N-1:   t_i = t0 + (t1 - t0) i / N
+        v = UNet(X, (1 - t_i) * 1000, c)        the UNet's timestep counts noise: 1000 at t = 0
+        v = v_neg + w (v_text - v_neg)          CFG, when w > 1 (the batch holds [negatives; prompts])
+        X = X + dt v                             Euler, X_{t+dt} = X_t + dt v, dt = (t1 - t0) / N
 
-written as plain functions so that `torch.compile(fullgraph=True)` fuses each into one kernel.
+On [0, 1] (text to image) t_i = i / N. Image-to-image starts at t0 = 1 - strength; inversion runs
+from t0 = 1 (the image's latents) to t1 = 0 (noise), dt < 0. The last two lines are one function,
+`cfg_euler_step`, which `torch.compile` fuses into one kernel (the pipeline's compile= option).
 """
 import torch
+
+
+def rf_timestep(t):
+    """The UNet timestep of rectified-flow time t: (1 - t) * 1000 (InstaFlow's convention)."""
+    return (1.0 - t) * 1000.0
 
 
 def guide(pred, guidance: float, cfg: bool):
@@ -16,35 +25,31 @@ def guide(pred, guidance: float, cfg: bool):
     return neg + guidance * (text - neg)
 
 
-def euler_update(latents, v, dt: float):
-    """X_{t+dt} = X_t + dt v, in the latents' dtype."""
-    return (latents + dt * v).to(latents.dtype)
+def cfg_euler_step(latents, v, guidance: float, dt: float, cfg: bool):
+    """One step from the UNet's output v ([2B, ...] = [v_neg; v_text] with cfg): CFG, then Euler, in the
+    latents' dtype."""
+    return (latents + dt * guide(v, guidance, cfg)).to(latents.dtype)
 
 
-def guided_euler_update(latents, v_pred, guidance: float, dt: float):
-    """One Euler step with CFG: v_pred is [2B, ...] = [v_neg; v_text]."""
-    return euler_update(latents, guide(v_pred, guidance, True), dt)
+def compile_step(**compile_kwargs):
+    """cfg_euler_step compiled (fullgraph), one entry point with CFG and one without: each has its own budget of
+    Dynamo's 8 recompiles (dtypes and batch size 1 each cost one). dynamic=True makes the step size, the guidance
+    and the shapes symbols, so many step counts, scales and sizes share a few kernels instead of one each."""
+    kw = dict(fullgraph=True, dynamic=True, **compile_kwargs)
+    guided = torch.compile(lambda latents, v, guidance, dt: cfg_euler_step(latents, v, guidance, dt, True), **kw)
+    plain = torch.compile(lambda latents, v, dt: cfg_euler_step(latents, v, 1.0, dt, False), **kw)
+    return lambda latents, v, guidance, dt, cfg: guided(latents, v, guidance, dt) if cfg else plain(latents, v, dt)
 
 
-def cfg_euler_step(latents, v_pred, guidance: float, dt: float, cfg: bool):
-    """One Euler step from the UNet's output; with cfg, v_pred is [2B, ...] = [v_neg; v_text]."""
-    return guided_euler_update(latents, v_pred, guidance, dt) if cfg else euler_update(latents, v_pred, dt)
-
-
-_compiled = {}
-
-
-def fused_step(compile=False):
-    """The step function cfg_euler_step: eager, or with each of its two updates compiled once
-    (fullgraph). dynamic=True makes the step size, the guidance and the shapes symbols from the first
-    compile, so a process that samples with many step counts, scales, batch sizes and image sizes
-    compiles a few kernels (per dtype; sides of 1 are specialised), not one per value, which hit
-    Dynamo's recompile limit of 8 with dynamic=False."""
-    if not compile:
-        return cfg_euler_step
-    if not _compiled:
-        plain = torch.compile(euler_update, fullgraph=True, dynamic=True)
-        guided = torch.compile(guided_euler_update, fullgraph=True, dynamic=True)
-        _compiled["step"] = lambda latents, v, guidance, dt, cfg: (guided(latents, v, guidance, dt) if cfg
-                                                                   else plain(latents, v, dt))
-    return _compiled["step"]
+def sample_euler(unet, context, latents, steps, guidance=1.0, t0=0.0, t1=1.0, step=cfg_euler_step, callback=None):
+    """N Euler steps of the flow unet(x, timestep, context) from `latents` at t0 to t1 (the module docstring);
+    `step` is cfg_euler_step or its compiled form. callback(i, latents) runs after every step."""
+    cfg, dt = guidance > 1.0, (t1 - t0) / steps
+    for i in range(steps):
+        t_i = t0 + (t1 - t0) * i / steps
+        x = torch.cat([latents] * 2) if cfg else latents                     # [negatives; prompts] with CFG
+        v = unet(x, torch.full((x.shape[0],), rf_timestep(t_i), device=x.device), context)
+        latents = step(latents, v, float(guidance), dt, cfg)                 # CFG, then X <- X + dt v
+        if callback:
+            callback(i, latents)
+    return latents

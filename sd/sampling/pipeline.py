@@ -15,13 +15,11 @@ with the solvers of sd/sampling/samplers.py instead.
 """
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from rectflow.checks import positive_int
 
@@ -31,7 +29,9 @@ from ..controlnet.control import control_tensor, controlled
 from ..controlnet.model import misfits
 from ..edits import deltas, lora
 from ..models.tokenizer import load_tokenizer
+from .euler import cfg_euler_step, compile_step
 from .loop import SAMPLER_NAMES, cfg_context, sample
+from .timer import Timer
 
 
 class PipelineError(ValueError):
@@ -45,10 +45,8 @@ def check_size(name, value, multiple):
 
 
 def compile_kwargs(mode, device, dtype):
-    """torch.compile's arguments for a network in `mode`. On a CPU in bf16 / fp16, inductor's 512-bit
-    vectorised kernels (torch 2.13.0 on an AVX-512 BF16/FP16 Xeon) made the compiled UNet return NaN at
-    batch 1, where 256-bit ones agree with eager within bf16's rounding (found by bench/cuda_check.py
-    --smoke): there the networks compile with 256-bit vectors (options replace mode "default")."""
+    """torch.compile's arguments for `mode`. On a CPU in bf16 / fp16, 256-bit vector kernels (cpp.simdlen; options
+    replace mode "default"): inductor's 512-bit ones can return NaN there (docs/benchmarks.md)."""
     if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16) and mode == "default":
         return {"options": {"cpp.simdlen": 256}}
     return {"mode": mode}
@@ -92,15 +90,21 @@ class Output:
 
 
 class OnUNet:
-    """A pipeline runs where its UNet is, in the UNet's dtype (and keeps its compiled modules in self._compiled)."""
+    """A pipeline runs where its UNet is, in the UNet's dtype, and keeps what it compiled in one cache.
 
-    def compiled(self, module, compile):
-        """`module` compiled once per mode with torch.compile (fullgraph); compile=True is mode "default"."""
+    compile= means the same everywhere: False runs eager; True compiles with torch.compile's mode "default";
+    a mode name ("default", "reduce-overhead": CUDA graphs on a GPU, "max-autotune") picks that mode."""
+
+    def compiled(self, fn, compile):
+        """`fn` (a network, a method such as vae.decode, or cfg_euler_step) compiled once per mode (fullgraph),
+        or `fn` itself when compile is False."""
+        if not compile:
+            return fn
         mode = compile if isinstance(compile, str) else "default"
-        key = (mode, id(module))
-        if key not in self._compiled:
-            self._compiled[key] = torch.compile(module, fullgraph=True, **compile_kwargs(mode, self.device, self.dtype))
-        return self._compiled[key]
+        if (mode, fn) not in self._compiled:
+            kw = compile_kwargs(mode, self.device, self.dtype)
+            self._compiled[mode, fn] = compile_step(**kw) if fn is cfg_euler_step else torch.compile(fn, fullgraph=True, **kw)
+        return self._compiled[mode, fn]
 
     @property
     def device(self):
@@ -135,25 +139,6 @@ class Pipeline(OnUNet):
             raise PipelineError("unload the LoRAs before merging a fine-tune delta (unload_lora restores the "
                                 "weights from before the LoRAs, which would drop the delta)")
         return deltas.merge_delta(self, base, finetuned, alpha, variant)
-
-    def networks(self, compile):
-        """(unet, vae_decode): eager, or compiled once per mode with torch.compile (fullgraph).
-        compile=True picks "reduce-overhead" on CUDA, which captures each call as a CUDA graph and
-        replays it, and "default" elsewhere; a mode name ("default", "reduce-overhead",
-        "max-autotune") picks that mode."""
-        if not compile:
-            return self.unet, self.vae.decode
-        mode = compile if isinstance(compile, str) else ("reduce-overhead" if self.device.type == "cuda" else "default")
-        if mode not in self._compiled:
-            kw = compile_kwargs(mode, self.device, self.dtype)
-            self._compiled[mode] = (torch.compile(self.unet, fullgraph=True, **kw),
-                                    torch.compile(self.vae.decode, fullgraph=True, **kw))
-        return self._compiled[mode]
-
-    def controlnet_for(self, net, compile):
-        """A ControlNet eager, or compiled (fullgraph; "default" mode unless a mode is named: CUDA graphs
-        of a ControlNet feeding the UNet are not verified here)."""
-        return self.compiled(net, compile) if compile else net
 
     def _controls(self, controlnet, control_image, control_scale, height, width, n):
         """[(ControlNet, control image [1 or n, 3, H, W] in [0, 1] on the device, scale), ...], all checked
@@ -238,20 +223,11 @@ class Pipeline(OnUNet):
             raise PipelineError(f"{init.shape[0]} init images for {n} prompt(s) x batch: give one, or one each")
         return init, ih, iw
 
-    @torch.no_grad()
-    def __call__(self, prompt, negative_prompt=None, steps=1, guidance=1.0, seed=0, height=None, width=None,
-                 batch=1, latents=None, return_latents=False, compile=False, progress=True, sampler="euler",
-                 init_image=None, strength=1.0, controlnet=None, control_image=None, control_scale=1.0):
-        """Text-to-image (height, width: 512 by default), or image-to-image with `init_image` (uint8
-        [H, W, 3], its size is the output's) and `strength` in (0, 1]: the flow starts at
-        t0 = 1 - strength from X_t0 = t0 X_1^img + (1 - t0) X_0 (Eq. (1)) and takes `steps` Euler steps of
-        (1 - t0) / steps to t = 1. strength 1 is text-to-image with the same seed.
-        With `controlnet` (a ControlNet, or a list) and `control_image` (uint8 [H, W, 3] or [H, W], resized
-        to the output size; a list for a list), each step's UNet call adds control_scale x the ControlNets'
-        residuals (sd/controlnet/control.py)."""
-        prompts, negatives = self._prompts(prompt, negative_prompt, batch)
+    def _check_call(self, n, steps, sampler, height, width, init_image, strength):
+        """Every value of a call checked before any work: (the init image as model input or None, height, width)."""
+        init = None
         if init_image is not None:
-            init, height, width = self._init_latents(init_image, len(prompts), height, width)
+            init, height, width = self._init_latents(init_image, n, height, width)
         height, width = 512 if height is None else height, 512 if width is None else width
         for name, val in (("height", height), ("width", width)):
             check_size(name, val, 8)
@@ -262,50 +238,60 @@ class Pipeline(OnUNet):
             raise PipelineError(f"strength must lie in (0, 1], got {strength!r}")
         if init_image is not None and sampler != "euler":
             raise PipelineError(f"image-to-image runs the rectified flow ('euler'), not {sampler!r}")
-        controls = self._controls(controlnet, control_image, control_scale, height, width, len(prompts))
-        dev, secs = self.device, {}
+        return init, height, width
 
-        def sync():
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-
-        t0 = time.perf_counter()
-        context = self._context(prompts, negatives, guidance)
-        sync()
-        secs["text_encoder"] = time.perf_counter() - t0
-        shape = self.latent_shape(len(prompts), height, width)
+    def noise_latents(self, latents, n, height, width, seed):
+        """X_0: the seed's noise, or the given latents (checked against the shape), on the UNet's device and dtype."""
+        shape = self.latent_shape(n, height, width)
         if latents is None:
             latents = noise(shape, seed)
         elif tuple(latents.shape) != shape:
             raise PipelineError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(dev).to(self.dtype)
-        start = 0.0
-        if init_image is not None:                              # SDEdit in rectified-flow time
-            start = 1.0 - strength
-            x1 = self.encode_image(init).expand(len(prompts), -1, -1, -1)
-            # Eq. (1): X_t0 = t0 X_1 + (1 - t0) X_0; contiguous, or the UNet's convolutions may take another
-            # memory layout than text-to-image's and strength 1 would differ from it in the last bits
-            latents = (start * x1 + (1 - start) * latents).contiguous()
-        secs["steps"], bar = [], tqdm(total=steps, desc=sampler, disable=not progress, leave=False)
-        last = time.perf_counter()
+        return latents.to(self.device).to(self.dtype)
 
-        def tick(i, x):                                         # per-step timing and progress
-            nonlocal last
-            sync()
-            secs["steps"].append(time.perf_counter() - last)
-            last = time.perf_counter()
-            bar.update()
+    def img2img_start(self, init, x0, strength):
+        """SDEdit in rectified-flow time: (t0 = 1 - strength, X_t0 = t0 X_1^img + (1 - t0) X_0), Eq. (1)."""
+        t0 = 1.0 - strength
+        x1 = self.encode_image(init).expand(x0.shape[0], -1, -1, -1)
+        # contiguous: another memory layout could lead the convolutions to kernels that differ in the last bits
+        return t0, (t0 * x1 + (1 - t0) * x0).contiguous()
 
-        unet, vae_decode = self.networks(compile)
+    def decode(self, latents, compile=False):
+        """Latents -> images [B, 3, H, W] in about [-1, 1] (VAE decode of latents / scaling_factor)."""
+        vae_decode = self.compiled(self.vae.decode, compile)
+        return vae_decode(latents.to(next(self.vae.parameters()).dtype) / self.vae.scaling_factor)
+
+    @torch.no_grad()
+    def __call__(self, prompt, negative_prompt=None, steps=1, guidance=1.0, seed=0, height=None, width=None,
+                 batch=1, latents=None, return_latents=False, compile=False, progress=True, sampler="euler",
+                 init_image=None, strength=1.0, controlnet=None, control_image=None, control_scale=1.0):
+        """Text-to-image (height, width: 512 by default): X_0 the seed's noise, `steps` Euler steps of the
+        flow (sampling/euler.py), the VAE. Returns an Output: uint8 images [B, H, W, 3], seconds per part.
+
+        image-to-image: `init_image` (uint8 [H, W, 3], its size is the output's) and `strength` in (0, 1]: the
+            flow starts at t0 = 1 - strength (img2img_start); strength 1 is text-to-image with the same seed.
+        ControlNet: `controlnet` (one, or a list) and `control_image` (uint8 [H, W, 3] or [H, W], resized; a
+            list for a list): each UNet call adds control_scale x their residuals (sd/controlnet/control.py).
+        compile: False, True or a torch.compile mode (OnUNet) for the UNet, the VAE decoder and the fused step."""
+        prompts, negatives = self._prompts(prompt, negative_prompt, batch)
+        init, height, width = self._check_call(len(prompts), steps, sampler, height, width, init_image, strength)
+        controls = self._controls(controlnet, control_image, control_scale, height, width, len(prompts))
+        timer = Timer(self.device, steps, sampler, progress)
+        with timer("text_encoder"):
+            context = self._context(prompts, negatives, guidance)
+        latents = self.noise_latents(latents, len(prompts), height, width, seed)
+        t0 = 0.0
+        if init is not None:
+            t0, latents = self.img2img_start(init, latents, strength)
+        unet = self.compiled(self.unet, compile)
         if controls:
-            unet = controlled(unet, [(self.controlnet_for(net, compile), cond, s) for net, cond, s in controls])
-        latents = sample(unet, context, latents, steps, guidance, sampler, compile, callback=tick, t0=start)
-        bar.close()
-        t0 = time.perf_counter()
-        images = vae_decode(latents.to(next(self.vae.parameters()).dtype) / self.vae.scaling_factor)
-        sync()
-        secs["vae"] = time.perf_counter() - t0
-        return Output(to_uint8(images), latents if return_latents else None, secs)
+            unet = controlled(unet, [(self.compiled(net, compile), cond, s) for net, cond, s in controls])
+        timer.start_steps()
+        latents = sample(unet, context, latents, steps, guidance, sampler, self.compiled(cfg_euler_step, compile),
+                         callback=timer.step, t0=t0)
+        with timer("vae"):
+            images = self.decode(latents, compile)
+        return Output(to_uint8(images), latents if return_latents else None, timer.close())
 
     @torch.no_grad()
     def invert(self, prompt, image, steps=1, guidance=1.0, negative_prompt=None, compile=False):
@@ -315,14 +301,10 @@ class Pipeline(OnUNet):
         Regenerate with pipe(prompt, latents=X_0, steps=...); editing: invert with one prompt,
         regenerate with another. Exact for a straight flow, approximate for a curved one."""
         prompts, negatives = self._prompts(prompt, negative_prompt, 1)
-        init, height, width = self._init_latents(image, len(prompts), None, None)
-        for name, val in (("height", height), ("width", width)):
-            check_size(name, val, 8)
-        positive_int(steps, "steps", PipelineError)
+        init, height, width = self._check_call(len(prompts), steps, "euler", None, None, image, 1.0)
         x1 = self.encode_image(init).expand(len(prompts), -1, -1, -1)
-        unet, _ = self.networks(compile)
-        return sample(unet, self._context(prompts, negatives, guidance), x1, steps, guidance, "euler", compile,
-                      t0=1.0, t1=0.0)
+        return sample(self.compiled(self.unet, compile), self._context(prompts, negatives, guidance), x1, steps,
+                      guidance, "euler", self.compiled(cfg_euler_step, compile), t0=1.0, t1=0.0)
 
     def refine(self, image, prompt, size=1024, **kw):
         """InstaFlow's demo's last step: the SDXL Refiner (set pipe.refiner = load_refiner(...)) on a generated

@@ -17,11 +17,9 @@ It follows diffusers' StableDiffusionXLImg2ImgPipeline on the refiner's folder, 
 6. decode z / scaling_factor (the VAE runs in float32 when its config says force_upcast).
 """
 import json
-import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rectflow.checks import positive_int
 
@@ -29,7 +27,9 @@ from ..checkpoints.images import ImageError, to_model_range
 from ..checkpoints.loaders import CheckpointError, load_text_encoder, load_unet, load_vae, locate
 from ..models.clip import TextEncoderWithProjection
 from ..models.tokenizer import load_tokenizer
+from .euler import guide
 from .pipeline import OnUNet, Output, PipelineError, to_uint8
+from .timer import Timer
 from .samplers import add_noise, euler_discrete_schedule, img2img_start, sample_euler_discrete, sd_alphas_cumprod
 
 # scheduler_config.json fields this sampler implements, and the values it supports
@@ -114,57 +114,32 @@ class Refiner(OnUNet):
         if height % f or width % f:
             raise PipelineError(f"the image is {height}x{width} pixels: its sides must be multiples of {f} (resize it)")
         original_size = (height, width) if original_size is None else tuple(original_size)
-        dev, secs, cfg = self.device, {}, guidance > 1
-
-        def sync():
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-
-        t0 = time.perf_counter()
-        context, pooled = self.encode_prompts(prompts, negatives, guidance)
-        ids = self.time_ids(original_size, crop, aesthetic_score, 1)
-        if cfg:
-            ids = torch.cat([self.time_ids(original_size, crop, negative_aesthetic_score, 1), ids])
-        sync()
-        secs["text_encoder"] = time.perf_counter() - t0
+        dev, cfg = self.device, guidance > 1
         timesteps, sigmas = self.schedule(steps)
         timesteps, sigmas = timesteps[start:], sigmas[start:]
-
-        t0 = time.perf_counter()
-        g = torch.Generator("cpu").manual_seed(seed)
-        vae_dtype = next(self.vae.parameters()).dtype
-        z = self.vae.encode(x.to(dev, vae_dtype), generator=g).to(self.dtype) * self.vae.scaling_factor
-        eps = torch.randn(z.shape, generator=g, dtype=self.dtype).to(dev)     # after the posterior sample
-        latents = add_noise(z, eps, sigmas[0])                                # x = z + sigma_start eps
-        sync()
-        secs["vae_encode"] = time.perf_counter() - t0
-
-        secs["steps"], bar = [], tqdm(total=len(timesteps), desc="refine", disable=not progress, leave=False)
-        last = time.perf_counter()
-
-        unet = self.compiled(self.unet, compile) if compile else self.unet
+        timer = Timer(dev, len(timesteps), "refine", progress)
+        with timer("text_encoder"):
+            context, pooled = self.encode_prompts(prompts, negatives, guidance)
+            ids = self.time_ids(original_size, crop, aesthetic_score, 1)
+            if cfg:
+                ids = torch.cat([self.time_ids(original_size, crop, negative_aesthetic_score, 1), ids])
+        with timer("vae_encode"):
+            g = torch.Generator("cpu").manual_seed(seed)
+            vae_dtype = next(self.vae.parameters()).dtype
+            z = self.vae.encode(x.to(dev, vae_dtype), generator=g).to(self.dtype) * self.vae.scaling_factor
+            eps = torch.randn(z.shape, generator=g, dtype=self.dtype).to(dev)     # after the posterior sample
+            latents = add_noise(z, eps, sigmas[0])                                # x = z + sigma_start eps
+        unet = self.compiled(self.unet, compile)
 
         def eps_model(xin, k):
-            if not cfg:
-                return unet(xin, k.to(dev).expand(len(xin)), context, added=(pooled, ids))
-            e = unet(torch.cat([xin, xin]), k.to(dev).expand(2 * len(xin)), context, added=(pooled, ids))
-            e_neg, e_text = e.chunk(2)
-            return e_neg + guidance * (e_text - e_neg)                       # CFG
+            xin = torch.cat([xin, xin]) if cfg else xin
+            return guide(unet(xin, k.to(dev).expand(len(xin)), context, added=(pooled, ids)), guidance, cfg)
 
-        def tick(i, _):
-            nonlocal last
-            sync()
-            secs["steps"].append(time.perf_counter() - last)
-            last = time.perf_counter()
-            bar.update()
-
-        latents = sample_euler_discrete(eps_model, latents, timesteps, sigmas.to(dev), callback=tick)
-        bar.close()
-        t0 = time.perf_counter()
-        images = self.vae.decode(latents.to(vae_dtype) / self.vae.scaling_factor)
-        sync()
-        secs["vae"] = time.perf_counter() - t0
-        return Output(to_uint8(images), latents if return_latents else None, secs)
+        timer.start_steps()
+        latents = sample_euler_discrete(eps_model, latents, timesteps, sigmas.to(dev), callback=timer.step)
+        with timer("vae"):
+            images = self.vae.decode(latents.to(vae_dtype) / self.vae.scaling_factor)
+        return Output(to_uint8(images), latents if return_latents else None, timer.close())
 
 
 def _read_json(f):

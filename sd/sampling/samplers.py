@@ -164,4 +164,3 @@ def sample_euler_discrete(eps_model, x, timesteps, sigmas, callback=None):
     return x
 
 
-SAMPLERS = {"ddim": sample_ddim, "dpm++": sample_dpmpp_2m}
