@@ -20,7 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from rectflow.checks import HelpFormatter, positive_int
+from rectflow.checks import positive_int
+from toy.cli import HelpFormatter
 
 from .checkpoints.loaders import locate
 from .cli import (DTYPES, ERRORS, add_model_args, add_refine_args, check_model_args, check_refine_args, fail, load_edited,

@@ -20,7 +20,7 @@ import numpy as np
 from rectflow.checks import positive_int
 
 from .checkpoints.images import fit, read_image
-from .checkpoints.loaders import holds, locate
+from .checkpoints.loaders import CheckpointError, holds, locate
 from .checkpoints.safetensors_io import load_file
 from .cli import (DTYPES, ERRORS, HelpFormatter, add_model_args, add_refine_args, check_file, check_model_args, check_out,
                   check_refine_args, check_sizes, fail, load_edited, print_times, refine_kwargs, save_png)
@@ -55,6 +55,11 @@ def control_args(args):
     """The control images of --controlnet/--control-image/--control-scale/--canny, checked before anything
     is loaded: as many images as ControlNets, one scale or one each; with --canny, their edges."""
     nets, images, scales = args.controlnet, args.control_image, args.control_scale
+    for f in nets:
+        try:
+            locate(f)                                  # a folder, a v1.x file, or an id in the local cache
+        except CheckpointError as e:
+            raise PipelineError(f"--controlnet {e}") from None
     if len(images) != len(nets):
         raise PipelineError(f"{len(nets)} --controlnet but {len(images)} --control-image: give one image per ControlNet")
     if len(scales) not in (0, 1, len(nets)) or (scales and not nets):

@@ -82,14 +82,14 @@ def lpips_files(a):
 
 def cmd_train(a):
     check_out(a.out, folder=True)
-    config_from(a).check()
+    cfg = config_from(a)
+    cfg.validate()
     lp_files = lpips_files(a)
     init = locate(a.init)
     unet, text = load_unet(init), load_text_encoder(init)
     data, _ = triplets.open_triplets(a.data)         # read on demand from the mapped shards
     _check_data(data, unet, text, a.data)
     tok = load_tokenizer(init if init.is_dir() else None, max_length=data["ids"].shape[1])   # for the empty prompt
-    cfg = config_from(a)
     lp = None
     if lp_files:                     # LPIPS of the decoded images: the frozen VAE of --init and LPIPS-VGG, on the device
         device = ranks()[2]

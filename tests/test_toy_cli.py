@@ -1,12 +1,10 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.commands import run_module
 from toy.__main__ import main
 from toy.experiment import Config, run
 
@@ -42,11 +40,6 @@ def test_fast_run_writes_its_files_and_is_reproducible(tmp_path, capsys):
         assert np.array_equal(samples[key], samples_again[key])
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "toy", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-
-
 @pytest.mark.parametrize("args,message", [
     (["--dataset", "spiral"], "invalid choice: 'spiral'"),
     (["--iters", "0"], "expected a positive integer, got 0"),
@@ -55,13 +48,13 @@ def _cli(*args):
     (["--device", "tpu:x"], "--device 'tpu:x'"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(args, message):
-    r = _cli(*args)
+    r = run_module("toy", *args)
     assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_refused():
-    r = _cli("--device", "cuda")
+    r = run_module("toy", "--device", "cuda")
     assert r.returncode == 2 and "CUDA is not available" in r.stderr
 
 

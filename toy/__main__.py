@@ -17,24 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rectflow.checks import HelpFormatter, writable
-
 from .datasets import DATASETS
 from .compare import ALL, CompareConfig, run_compare
 from .few_step import FEW_STEP
 from .compare import __doc__ as compare_doc
+from .cli import FAST_NOTE, HelpFormatter, positive_int, writable
 from .experiment import Config, run
-from .plots import FAST_NOTE, plot_inversion, plot_samples, plot_straightness, plot_trajectories, plot_w2_vs_steps
-
-
-def positive_int(text):
-    try:
-        val = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if val < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {val}")
-    return val
+from .plots import plot_inversion, plot_samples, plot_straightness, plot_trajectories, plot_w2_vs_steps
 
 
 def default_out(compare, fast):
@@ -92,7 +81,7 @@ def check_not_full(record, fast):
     if not fast or not record.exists():
         return
     m = json.loads(record.read_text())
-    if not m.get("fast", m.get("config", {}).get("n_eval") == 256):          # older records: the fast n_eval
+    if not m.get("fast"):
         raise ValueError(f"--out {record.parent} holds a full run ({record.name}); a fast run would overwrite it: "
                          f"give another --out (the default for --fast is its own folder)")
 
@@ -170,25 +159,26 @@ def main_compare(argv):
         print(f"error: --methods {args.methods}: {e}", file=sys.stderr)
         return 2
     res = timed_run(run_compare, cfg)
-    res.metrics["fast"] = args.fast
-    note = FAST_NOTE if args.fast else None
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare.json").write_text(json.dumps(res.metrics, indent=2))
-    np.savez(args.out / "samples.npz", **res.samples)
+    note = save_record(args, res, "compare.json")
     plot_w2_vs_steps(res, args.out / "w2_vs_steps.png", note=note)
     plot_straightness(res, args.out / "straightness.png", title="straightness of each flow", note=note)
     plot_trajectories(res, args.out / "trajectories.png", note=note)
     few = [m for m in ("1-rf", "2-rf-distilled", *FEW_STEP) if m in res.metrics["stages"]]
     plot_samples(res, args.out / "few_step_samples.png", note=note, stages=few, steps=[1, 2, 4, 16],
                  title="few-step methods: samples after N steps of each method's own rule (colour) over the target (grey)")
-    print(fast_banner(args.fast) + format_compare_table(res.metrics))
+    print((FAST_NOTE + "\n" if args.fast else "") + format_compare_table(res.metrics))
     print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {peak_rss_gb():.2f} GB; wrote compare.json, "
           f"samples.npz, w2_vs_steps.png, straightness.png, trajectories.png, few_step_samples.png to {args.out}")
     return 0
 
 
-def fast_banner(fast):
-    return "FAST MODE (a smoke run): these numbers mean nothing\n" if fast else ""
+def save_record(args, res, record):
+    """The run's record (metrics, with "fast") and samples.npz in --out; returns the figures' note (fast runs)."""
+    res.metrics["fast"] = args.fast
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / record).write_text(json.dumps(res.metrics, indent=2))
+    np.savez(args.out / "samples.npz", **res.samples)
+    return FAST_NOTE if args.fast else None
 
 
 def main(argv=None):
@@ -197,16 +187,12 @@ def main(argv=None):
         return main_compare(argv[1:])
     args = parse_args(argv)
     res = timed_run(run, config_of(args, Config, reflows=args.reflows))
-    res.metrics["fast"] = args.fast
-    note = FAST_NOTE if args.fast else None
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
-    np.savez(args.out / "samples.npz", **res.samples)
+    note = save_record(args, res, "metrics.json")
     plot_samples(res, args.out / "samples.png", note=note)
     plot_trajectories(res, args.out / "trajectories.png", note=note)
     plot_straightness(res, args.out / "straightness.png", note=note)
     plot_inversion(res, args.out / "inversion.png", note=note)
-    print(fast_banner(args.fast) + format_table(res.metrics))
+    print((FAST_NOTE + "\n" if args.fast else "") + format_table(res.metrics))
     print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {peak_rss_gb():.2f} GB; wrote metrics.json, samples.npz, "
           f"samples.png, trajectories.png, straightness.png, inversion.png to {args.out}")
     return 0

@@ -16,7 +16,6 @@ def _limits(ax, target):
     ax.set_yticks([])
 
 
-FAST_NOTE = "FAST MODE (a smoke run): these figures mean nothing"
 
 
 def plot_samples(res, path=None, note=None, stages=None, steps=None,
