@@ -58,7 +58,7 @@ def test_mini_fast_runs_every_stage_and_resumes(mini_fast):
     tmp_path, r = mini_fast                     # the session's fast run (tests/conftest.py)
     cmd = [sys.executable, "-m", "sd.mini", "--fast", "--out", str(tmp_path)]
     m = json.loads((tmp_path / "metrics.json").read_text())
-    fast = MiniConfig().fast()
+    fast = MiniConfig.fast()
     assert m["config"] == json.loads(json.dumps(asdict(fast)))
     names = ["teacher, 4 steps", "teacher, 1 step", "teacher, 2 steps", "2-RF, 1 step", "2-RF, 2 steps", "2-RF, 4 steps",
              "distilled 2-RF, 1 step", "LCM, 1 step", "LCM, 2 steps", "LCM, 4 steps"]

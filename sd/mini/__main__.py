@@ -2,15 +2,14 @@
 its rival LCM on the same budget, inversion and edits, a ControlNet), then metrics.json, grid.png, edit.png
 and control.png in DIR.
 
-The default run takes about 40 minutes on 2 CPU cores (docs/training.md gives each stage's time);
---fast is a smoke run of every stage whose numbers mean nothing, written to its own folder
-(runs/mini-fast), so it never touches a full run's. A folder resumes only with the configuration it
-was started with."""
+docs/training.md gives each stage's time. --fast is a smoke run of every stage whose numbers mean nothing,
+written to its own folder (runs/mini-fast), so it never touches a full run's. A folder resumes only with the
+configuration it was started with."""
 import argparse
 import json
 import sys
 
-from rectflow.checks import HelpFormatter, writable
+from toy.cli import FAST_NOTE, HelpFormatter, writable
 
 from ..cli import fail
 from ..training.objectives import resolve_loss
@@ -32,8 +31,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    cfg = MiniConfig(seed=args.seed, distill_loss=args.distill_loss)
-    cfg = cfg.fast() if args.fast else cfg
+    cfg = (MiniConfig.fast if args.fast else MiniConfig)(seed=args.seed, distill_loss=args.distill_loss)
     out = args.out or ("runs/mini-fast" if args.fast else "runs/mini")
     try:
         writable(out, "--out", folder=True)
@@ -45,7 +43,7 @@ def main(argv=None):
     except (MiniRunError, ValueError) as e:            # ValueError: the trainer refusing to resume another run
         return fail(e)
     if cfg.mode == "fast":
-        print("FAST MODE (a smoke run): these numbers mean nothing")
+        print(FAST_NOTE)
     print(f"{'model':28s} {'steps':>5s} {'fidelity':>9s} {'colour':>7s} {'position':>9s} {'MSE to teacher':>15s} "
           f"{'FD':>8s} {'caption score':>14s}")
     for name, r in m.items():

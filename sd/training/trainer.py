@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from rectflow.checks import positive_int
+from rectflow.train import ema_update
 
 from ..checkpoints.safetensors_io import SafeOpen, SafetensorsError, save_file
 from . import objectives
@@ -63,7 +64,7 @@ class TrainConfig:
     FIXED = ("objective", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "ema", "cfg_dropout",
              "time_sampler", "loss", "intervals", "seed")
 
-    def check(self, world=1):
+    def validate(self, world=1):
         for name in ("iters", "batch_size", "grad_accum", "save_every", "keep", "intervals"):
             positive_int(getattr(self, name), name)
         if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0:
@@ -208,7 +209,7 @@ def read_checkpoint(path):
     f = SafeOpen(path)
     meta = f.metadata()
     for k in ("config", "unet_config", "scaler"):
-        meta[k] = json.loads(meta.get(k, "{}"))
+        meta[k] = json.loads(meta[k])
     return {k: f.get_tensor(k) for k in f.keys()}, meta
 
 
@@ -226,9 +227,8 @@ def weights(path, which="ema"):
 def resume(path, cfg, unet, ema, opt, scaler):
     """Load a checkpoint into (unet, ema, opt, scaler); returns its step."""
     tensors, meta = read_checkpoint(path)
-    defaults = TrainConfig()
-    for k in TrainConfig.FIXED:                # a field newer than the checkpoint: it ran with the default
-        if meta["config"].get(k, getattr(defaults, k)) != getattr(cfg, k):
+    for k in TrainConfig.FIXED:
+        if meta["config"].get(k) != getattr(cfg, k):
             raise ValueError(f"{path}: the run was started with {k}={meta['config'].get(k)!r}, now {getattr(cfg, k)!r}; "
                              f"keep it to resume, or write to another --out")
     unet.load_state_dict(select_weights(tensors, "model"))
@@ -254,14 +254,14 @@ def lr_at(cfg, step):
 
 def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=None, teacher=None, lpips=None):
     """Train `unet` in place on `data` = {"latents": X_1, "ids": prompt tokens[, "noise": X_0]} with
-    the frozen `text_encoder`; resumes from out/checkpoints when there are any. `empty_ids` [1, L]:
+    the frozen `text_encoder` (None: the ids are the context, for a model that encodes them itself); resumes from out/checkpoints when there are any. `empty_ids` [1, L]:
     the empty prompt's tokens (CFG dropout). on_step(step, loss) runs after each step. teacher
     (objective consistency): teacher(x, t, context) -> the teacher's velocity in rectified-flow time;
     the EMA weights are the target network theta^- (so cfg.ema is its decay, LCM's 0.95). lpips: the
     objectives.lpips_distance a loss naming "lpips" uses.
     Returns {"losses": [...], "ema": {name: tensor} or None, "checkpoint": path}."""
     rank, world, device = distributed()
-    cfg.check(world)
+    cfg.validate(world)
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs a CUDA device; use bf16 on the CPU")
     if "noise" not in data and cfg.objective not in objectives.OWN_NOISE:
@@ -270,7 +270,8 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
         raise ValueError("objective consistency needs a teacher and ema > 0 (the EMA weights are its target network)")
     unet.to(device).train()
     unet.gradient_checkpointing = cfg.grad_checkpointing
-    text_encoder.to(device).eval().requires_grad_(False)
+    if text_encoder is not None:
+        text_encoder.to(device).eval().requires_grad_(False)
     model = DistributedDataParallel(unet, device_ids=[device] if device.type == "cuda" else None) if world > 1 else unet
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -280,9 +281,7 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
     if last is not None:
         start = resume(last, cfg, unet, ema, opt, scaler)
     elif cfg.zero_output:
-        # An epsilon teacher's output at t = 0 is about +X_0, the flow's target about -X_0 + image. From
-        # the teacher's weights as they are, the mini 2-RF settled at v = E[X_1] and stayed there (loss 0.92
-        # after 800 steps); with the last conv zeroed (all other weights the teacher's) it fits (0.025 in 150).
+        # an eps teacher outputs about +X_0 where the flow's target is X_1 - X_0: start from v = 0 (docs/training.md)
         with torch.no_grad():
             for name in ("conv_out.weight", "conv_out.bias"):
                 unet.get_parameter(name).zero_()
@@ -313,7 +312,7 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
                 x1 = batch["latents"][mine].to(device)
                 x0 = batch["noise"][mine].to(device) if "noise" in batch else None
                 with torch.no_grad():
-                    context = text_encoder(ids)
+                    context = ids if text_encoder is None else text_encoder(ids)
                 sync = m == cfg.grad_accum - 1 or world == 1
                 with (nullcontext() if sync else model.no_sync()), torch.autocast(**amp):   # DDP: all-reduce once
                     loss = objectives.loss(cfg.objective, model, x0, x1, context,
@@ -329,9 +328,7 @@ def train(unet, text_encoder, data, cfg, out, empty_ids, progress=True, on_step=
             opt.zero_grad(set_to_none=True)
             if ema is not None:                                     # EMA, warmed up: decay <= (1 + s) / (10 + s)
                 decay = min(cfg.ema, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for k, p in unet.named_parameters():
-                        ema[k].lerp_(p.detach(), 1 - decay)
+                ema_update((ema[k] for k, _ in unet.named_parameters()), unet.parameters(), decay)
             if world > 1:
                 dist.all_reduce(total)
                 total /= world

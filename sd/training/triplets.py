@@ -10,7 +10,7 @@ not be stored: the trainer regenerates it from (seed, j), which costs little bes
 On disk, `out/`:
     manifest.json               the configuration and the list of shards (written before any shard)
     shard-00000.safetensors     latents [n, C, h, w] (float32, or fp16 / bf16 with latent_dtype), ids [n, L] int32
-                                (folders written before noise was dropped also hold noise [n, C, h, w] float32)
+                                (with store_noise, also noise [n, C, h, w] float32)
     prompts.index.safetensors   the byte offset of each prompt line (PromptFile; rebuilt when missing)
 A shard is written to a temporary file and renamed, so a shard file that exists is complete; a
 killed run leaves at most a *.tmp file, which never counts. Rank r of W writes shards r, r + W, ...
@@ -33,8 +33,6 @@ from ..sampling.pipeline import noises
 MANIFEST = "manifest.json"
 PROMPT_INDEX = "prompts.index.safetensors"
 LATENT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# what a manifest written before these keys existed meant by their absence
-OLD_DEFAULTS = {"noise": "stored", "latent_dtype": "fp32"}
 
 
 class TripletError(ValueError):
@@ -135,7 +133,7 @@ def write_manifest(out, config):
     out.mkdir(parents=True, exist_ok=True)
     f = out / MANIFEST
     if f.exists():
-        old = {**OLD_DEFAULTS, **json.loads(f.read_text())}
+        old = json.loads(f.read_text())
         diff = [k for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
         if diff:
             k = diff[0]
@@ -157,7 +155,7 @@ def shard_complete(path, count, keys=("latents", "ids")):
 
 
 def stored_keys(manifest):
-    return ("noise", "latents", "ids") if {**OLD_DEFAULTS, **manifest}["noise"] == "stored" else ("latents", "ids")
+    return ("noise", "latents", "ids") if manifest["noise"] == "stored" else ("latents", "ids")
 
 
 def generate(out, prompts, tokenizer, sample_batch, latent_shape, config, shard_size=256, batch_size=16, seed=0,
@@ -213,7 +211,7 @@ class Column:
 
     def __getitem__(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.int64).reshape(-1)
-        if self.seed is not None:                   # X_0 = noise of seed + j (the convention generate used)
+        if self.seed is not None:                   # X_0 = noise of seed + j (generate's convention)
             return noises(self.shape[1:], (self.seed + idx).tolist())
         out = torch.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
         which = torch.searchsorted(self.firsts, idx, right=True) - 1             # the shard of each row
@@ -238,7 +236,7 @@ def _manifest(folder):
     if not f.exists():
         raise TripletError(f"{folder}: no {MANIFEST}: not a triplet folder (make one with `python -m sd.reflow generate`)")
     try:
-        manifest = {**OLD_DEFAULTS, **json.loads(f.read_text())}
+        manifest = json.loads(f.read_text())
     except ValueError as e:
         raise TripletError(f"{f}: not JSON ({e})") from None
     keys = stored_keys(manifest)
