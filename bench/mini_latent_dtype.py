@@ -1,5 +1,5 @@
-"""What storing the triplets' latents in half precision does to the mini's 2-RF (issue: `sd.reflow generate
---latent-dtype`). From a finished default run of `python -m sd.mini` (runs/mini): its teacher's triplets are
+"""What storing the triplets' latents in half precision (`sd.reflow generate --latent-dtype`) does to the
+mini's 2-RF. From a finished default run of `python -m sd.mini` (runs/mini): its teacher's triplets are
 written again with latents in fp16 and in bf16 (the same samples, rounded as `generate --latent-dtype` stores
 them), the 2-RF stage is retrained on each exactly as the mini trains it (same init, seed, steps), and the
 2-RF is evaluated as the mini does (held-out seeds, the judge's fidelity, FD in the mini's feature net), beside

@@ -46,7 +46,7 @@ def tokenizer():
 
 def merges_text(tok):
     """The merges.txt of `tok`: a header, then one merge per line. No blank line when there are no merges
-    (the byte-level vocabulary): transformers 5.17's tokenizers reject one (found on the first GPU lease)."""
+    (the byte-level vocabulary): transformers' tokenizers reject one."""
     return "".join(line + "\n" for line in ["#version: 0.2"] + [" ".join(m) for m in sorted(tok.ranks, key=tok.ranks.get)])
 
 

@@ -5,7 +5,7 @@ shards on demand, through the prefetch thread) against everything loaded in memo
     python bench/triplets.py [--sizes 1000 10000 100000] [--dir /tmp/rectflow-triplets]
     python bench/triplets.py --disk      the disk cost per million 512x512 triplets, from real shard sizes
 
-Tiny latents (4x32x32 float32, 16 KiB a sample; noise regenerated from the seed, as the new folders do),
+Tiny latents (4x32x32 float32, 16 KiB a sample; noise regenerated from the seed, the default),
 prompts of 77 token ids, shards of 256. Each measurement runs in a fresh process: "peak RSS added" is its
 peak resident memory (VmHWM) minus its memory after imports, over opening the folder and reading 100
 batches of 64 (the trainer's `rank_batches`, the same seeded epoch permutation). The claim is flat memory

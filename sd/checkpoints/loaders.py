@@ -57,7 +57,7 @@ def read_weights(path, dtype=None):
     if path.suffix == ".safetensors":
         return load_file(path, dtype=dtype)
     if path.suffix in (".bin", ".ckpt", ".pt", ".pth"):
-        try:           # memory-mapped when the file is a zip archive (torch >= 1.6); legacy files are read whole
+        try:           # memory-mapped when the file is a zip archive; others are read whole
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except Exception as e:   # noqa: BLE001 - a refused or broken pickle
             raise CheckpointError(f"{path}: cannot be read safely with torch.load(weights_only=True): {e}") from None
@@ -213,7 +213,7 @@ def _strip_text(sd, prefix=""):
     for k, v in sd.items():
         k = k[len(prefix):]
         k = k[len("text_model."):] if k.startswith("text_model.") else k
-        if k != "embeddings.position_ids":      # a buffer older transformers versions saved
+        if k != "embeddings.position_ids":      # a buffer some transformers files hold, not a weight
             out[k] = v
     return out
 

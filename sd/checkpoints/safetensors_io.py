@@ -124,6 +124,11 @@ class SafeOpen:
         self._size, self._map = size, None                  # the memory map is made at the first mapped tensor
 
     @property
+    def mapped(self):
+        """Whether the file is memory-mapped (it is at the first tensor read through the map, not before)."""
+        return self._map is not None
+
+    @property
     def _storage(self):
         if self._map is None and self._size > self._data_start:
             self._map = torch.UntypedStorage.from_file(self.path, shared=False, nbytes=self._size)

@@ -14,7 +14,7 @@ Preprocessing as transformers' CLIPImageProcessor, written in torch: the shortes
 kernel: PIL's a = -0.5 and PIL's rounding between the two passes), a centre crop to S x S, x / 255, then
 (x - mean) / std with CLIP's mean and std. A preprocessor_config.json in the folder overrides size,
 crop size, mean, std and the filter. PIL computes in 8-bit fixed point, so a few pixels differ from
-ours by one level (measured by tests/test_clip.py and stated in docs/evaluation.md).
+ours by one level (docs/evaluation.md).
 """
 import json
 from pathlib import Path
@@ -82,7 +82,7 @@ def load_clip(path, dtype=torch.float32, device="cpu"):
     sd = {}
     for f in files:
         sd.update(read_weights(f))
-    sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}   # a buffer older files saved
+    sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}   # a buffer, not a weight
     args = dict(text_config=config["text_config"], vision_config=config["vision_config"],
                 projection_dim=config.get("projection_dim", 512))
     model = _build(lambda c: CLIPModel(**c), args, sd, folder, dtype, device)

@@ -96,8 +96,8 @@ class TextEncoder(nn.Module):
         return self.final_layer_norm(self.hidden_states(ids))
 
     def at_eos(self, ids, states):
-        """states [B, n, d] at the end-of-text token: its first occurrence, or (configs from before
-        transformers' PR #24773, which say eos_token_id 2) the largest id, as transformers does."""
+        """states [B, n, d] at the end-of-text token: its first occurrence, or, where the config says
+        eos_token_id 2 (OpenAI's original configs), the largest id, as transformers does."""
         eos = self.config.get("eos_token_id", 2)
         at = ids.argmax(-1) if eos == 2 else (ids == eos).int().argmax(-1)
         return states[torch.arange(len(ids), device=ids.device), at]

@@ -102,7 +102,7 @@ class Tokenizer:
 
     @classmethod
     def from_tokenizer_json(cls, path, pad_token=EOS, max_length=77):
-        """The single-file format of the `tokenizers` library (what transformers 5 saves): the BPE
+        """The single-file format of the `tokenizers` library (transformers' tokenizer.json): the BPE
         model's vocabulary and merges (as "a b" strings or [a, b] pairs), special tokens included."""
         model = json.loads(Path(path).read_text(encoding="utf-8")).get("model", {})
         if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
