@@ -8,6 +8,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def reference_libraries():
+    """Skip where diffusers or transformers (the oracles) are missing."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("diffusers")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -17,9 +23,8 @@ def _seed():
 def model(tmp_path_factory):
     """A tiny SD-layout model folder: unet/, vae/, text_encoder/, tokenizer/ (byte-level vocabulary), and the
     diffusers/transformers modules saved in it: (root, unet, vae, text, tok). Shared by the pipeline tests."""
-    pytest.importorskip("transformers")
-    pytest.importorskip("diffusers")
-    from tests.test_sd_models import ref_unet, ref_vae
+    reference_libraries()
+    from tests.sd_oracles import ref_unet, ref_vae
     from tests.tiny_sd import byte_tokenizer, tiny_text_encoder
     root = tmp_path_factory.mktemp("tiny-instaflow")
     unet, vae = ref_unet(), ref_vae()
@@ -35,8 +40,7 @@ def model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def refiner(tmp_path_factory):
     """A tiny random SDXL refiner folder and diffusers' img2img pipeline on it (tests/tiny_sd.py)."""
-    pytest.importorskip("transformers")
-    pytest.importorskip("diffusers")
+    reference_libraries()
     from tests.tiny_sd import tiny_refiner_folder
     return tiny_refiner_folder(tmp_path_factory.mktemp("refiner"))
 
@@ -51,3 +55,23 @@ def mini_fast(tmp_path_factory):
                        cwd=ROOT, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r
+
+
+@pytest.fixture(scope="module")
+def reflow_folder(tmp_path_factory):
+    """A tiny SD folder saved by diffusers (tests/tiny_sd.py), the teacher of the training tests."""
+    reference_libraries()
+    from tests.tiny_sd import tiny_sd_folder
+    return tiny_sd_folder(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="module")
+def reflow_data(reflow_folder, tmp_path_factory):
+    """A triplet folder made by `sd.reflow generate` from the tiny teacher of reflow_folder (tests/sd_training.py)."""
+    from sd.reflow import main as reflow_main
+    from tests.sd_training import GEN, PROMPTS
+    root = tmp_path_factory.mktemp("triplets")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n\n")        # blank lines are skipped
+    reflow_main(["generate", "--teacher", str(reflow_folder), "--prompts", str(root / "prompts.txt"), "--out", str(root / "t"),
+                 *GEN])
+    return root

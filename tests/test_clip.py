@@ -10,7 +10,7 @@ import torch
 from sd.checkpoints.loaders import CheckpointError
 from sd.evaluation import clip_score, load_clip
 from sd.evaluation.clip_score import CLIP_MEAN, CLIP_STD, preprocess
-from tests.tiny_sd import byte_tokenizer
+from tests.tiny_sd import smooth_images, tiny_clip_folder
 
 transformers = pytest.importorskip("transformers")
 
@@ -18,32 +18,6 @@ CONFIGS = {   # OpenAI-style: quick-GELU, eos_token_id 2 (pooled at the largest 
     "openai quick-gelu": dict(act="quick_gelu", eos=2),
     "laion gelu": dict(act="gelu", eos=513),
 }
-
-
-def tiny_clip_folder(folder, act="quick_gelu", eos=2, seed=0):
-    """transformers' CLIPModel (random weights) saved by itself, with a byte-level vocabulary at the root:
-    the layout of openai/clip-vit-large-patch14 and the LAION conversions, at a tiny size."""
-    tok = byte_tokenizer(folder)
-    torch.manual_seed(seed)
-    cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=20, hidden_act=act, eos_token_id=eos,
-                         bos_token_id=512, pad_token_id=513),
-        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8, hidden_act=act),
-        projection_dim=24)
-    ref = transformers.CLIPModel(cfg).eval()
-    ref.save_pretrained(folder)
-    return ref, tok
-
-
-def smooth_images(n, h, w, seed):
-    """uint8 [n, h, w, 3]: sines of random frequency and phase (CLIP sees structure, not only noise)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    out = [np.stack([127 + 120 * np.sin(xx * rng.uniform(0.05, 0.5) + rng.uniform(0, 6))
-                     * np.cos(yy * rng.uniform(0.05, 0.5)) for _ in range(3)], -1) for _ in range(n)]
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def rel(a, b):

@@ -17,7 +17,7 @@ from sd.sampling.pipeline import PipelineError, load_pipeline
 from sd.checkpoints.safetensors_io import save_file
 from tests.conftest import ROOT
 from tests.reference import instaflow_reference as reference
-from tests.test_sd_models import UNET3_CFG, UNET_CFG, randomize, to_ldm_unet
+from tests.sd_oracles import UNET3_CFG, UNET_CFG, randomize, to_ldm_unet
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.loaders import single_file_utils as sfu  # noqa: E402
@@ -57,7 +57,7 @@ def inputs(cfg, factor, b=2, hw=(16, 12)):
     (UNET_CFG, dict(controlnet_conditioning_channel_order="bgr"), 2),
     (UNET_CFG, dict(global_pool_conditions=True), 2)], ids=["2-level", "3-level", "bgr", "global-pool"])
 def test_residuals_and_controlled_unet_equal_diffusers(cfg, extra, factor):
-    from tests.test_sd_models import load_unet_from, ref_unet
+    from tests.sd_oracles import load_unet_from, ref_unet
     ref = ref_controlnet(cn_config(cfg, **extra))
     ours = ours_from(ref)
     x, t, c, cond = inputs(cfg, factor)

@@ -12,7 +12,7 @@ from sd.edits.deltas import merge_delta
 from sd.checkpoints.loaders import CheckpointError, load_text_encoder, load_unet, load_vae
 from sd.sampling.pipeline import load_pipeline
 from tests.conftest import ROOT
-from tests.test_sd_models import UNET3_CFG, randomize
+from tests.sd_oracles import UNET3_CFG, randomize
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -21,7 +21,7 @@ from sd.checkpoints.loaders import _strip_text
 from sd.sampling.pipeline import load_pipeline
 from sd.models.vae import VAE
 from tests.reference import instaflow_reference
-from tests.test_sd_models import UNET4_CFG, load_unet_from, ref_text, ref_unet, ref_vae, unet_inputs
+from tests.sd_oracles import UNET4_CFG, load_unet_from, ref_text, ref_unet, ref_vae, unet_inputs
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")

@@ -261,7 +261,7 @@ def test_a_delta_merge_waits_for_the_loras_to_be_unloaded(model, files):
 
 def test_extract_lora_at_full_rank_reproduces_the_tuned_weights_and_truncation_error_falls_with_rank(model, tmp_path):
     from sd.edits.lora import extract_lora
-    from tests.test_sd_models import randomize
+    from tests.sd_oracles import randomize
     base = load_pipeline(model[0])
     tuned = copy.deepcopy(base.unet)
     with torch.no_grad():                                 # a low-rank-ish change plus a little of everything

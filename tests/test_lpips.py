@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from sd.checkpoints.loaders import CheckpointError, load_lpips
-from tests.test_sd_reflow import data, folder  # noqa: F401 - the tiny SD folder and its triplets (fixtures)
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -133,13 +132,13 @@ def test_the_distillation_loss_is_lpips_of_the_decoded_latents(tmp_path):
             objectives.resolve_loss(bad)
 
 
-def test_sd_reflow_distill_with_lpips(folder, data, tmp_path):
+def test_sd_reflow_distill_with_lpips(reflow_folder, reflow_data, tmp_path):
     """`sd.reflow distill --loss l2+0.5*lpips` on the tiny folder: runs, saves, and asks for the files by name."""
     import subprocess
-    from tests.test_sd_reflow import ENV, TRAIN
+    from tests.sd_training import ENV, TRAIN
     from tests.conftest import ROOT
     vgg, lin = random_lpips_files(tmp_path)
-    base = [sys.executable, "-m", "sd.reflow", "distill", "--init", str(folder), "--data", str(data / "t"), *TRAIN]
+    base = [sys.executable, "-m", "sd.reflow", "distill", "--init", str(reflow_folder), "--data", str(reflow_data / "t"), *TRAIN]
     r = subprocess.run([*base, "--out", str(tmp_path / "run"), "--loss", "l2+0.5*lpips", "--lpips-vgg", str(vgg),
                         "--lpips-lin", str(lin)], capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sd.sampling.euler import cfg_euler_step, fused_step
+from sd.sampling.euler import cfg_euler_step, compile_step
 from sd.sampling.pipeline import PipelineError, load_pipeline, noise, slerp
 from tests.conftest import ROOT
+from tests.compiled import check_compiled_step
 from tests.reference import instaflow_reference as reference
 
 diffusers = pytest.importorskip("diffusers")
@@ -36,7 +37,7 @@ def test_pipeline_from_a_single_file(model, tmp_path):
     """A single LDM checkpoint (tokenizer: OpenAI's vocabulary) samples like the same weights in a folder."""
     from sd.checkpoints.safetensors_io import save_file
     from sd.models.tokenizer import TokenizerError, openai_bpe_path
-    from tests.test_sd_models import to_ldm_unet, to_ldm_vae
+    from tests.sd_oracles import to_ldm_unet, to_ldm_vae
     try:
         openai_bpe_path()
     except TokenizerError as e:
@@ -69,28 +70,11 @@ def test_pipeline_from_a_single_file(model, tmp_path):
 def test_compiled_step_equals_eager():
     g = torch.Generator().manual_seed(0)
     lat, v = torch.randn(2, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
-    step = fused_step(compile=True)
+    step = compile_step()
     for cfg in (True, False):
         vv = v if cfg else v[:2]
         torch.testing.assert_close(step(lat, vv, 5.0, 0.25, cfg), cfg_euler_step(lat, vv, 5.0, 0.25, cfg),
                                    atol=1e-6, rtol=0)
-    assert fused_step(compile=False) is cfg_euler_step
-
-
-def check_compiled_step(device, sizes=(8,)):
-    """The compiled step against the eager one over many step sizes, guidances, batch sizes, image
-    sizes and dtypes: within 2 ulps of the largest value (the fused kernel rounds once less), same dtype."""
-    step, g = fused_step(compile=True), torch.Generator().manual_seed(1)
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        for b in (1, 2, 3):
-            for w, dt in ((1.0, 1.0), (1.5, 0.25), (3.0, 0.5), (7.5, 1 / 3), (2.0, 0.125)):
-                for side in sizes:
-                    cfg = w > 1
-                    lat = torch.randn(b, 4, side, side, generator=g).to(device, dtype)
-                    v = torch.randn(b * (2 if cfg else 1), 4, side, side, generator=g).to(device, dtype)
-                    out, ref = step(lat, v, w, dt, cfg), cfg_euler_step(lat, v, w, dt, cfg)
-                    ulp = torch.finfo(dtype).eps * ref.float().abs().max().item()
-                    assert out.dtype == dtype and (out.float() - ref.float()).abs().max().item() <= 2 * ulp
 
 
 def test_compiled_step_survives_many_step_sizes_guidances_batches_and_dtypes():
@@ -105,7 +89,8 @@ def test_compiled_pipeline_equals_eager(model):
     pipe = load_pipeline(model[0])
     a = pipe("a cat", steps=2, guidance=3.0, height=32, width=32, return_latents=True, progress=False)
     b = pipe("a cat", steps=2, guidance=3.0, height=32, width=32, return_latents=True, progress=False, compile=True)
-    assert set(pipe._compiled) == {"default"}                       # compile=True on a CPU
+    assert pipe.compiled(pipe.unet, False) is pipe.unet                     # eager: the module itself
+    assert pipe.compiled(pipe.unet, True) is pipe.compiled(pipe.unet, "default")   # True is mode "default", cached
     assert (a.latents - b.latents).abs().max().item() <= 1e-4      # fused kernels round differently
     assert np.abs(a.images.astype(int) - b.images.astype(int)).max() <= 1
 

@@ -9,7 +9,7 @@ import torch
 from sd import CheckpointError, load_text_encoder, load_unet, load_vae
 from sd.sampling.pipeline import PipelineError, default_sampler
 from sd.checkpoints.safetensors_io import save_file
-from tests.test_sd_models import max_diff, randomize, to_ldm_unet, to_ldm_vae, unet_inputs
+from tests.sd_oracles import max_diff, randomize, to_ldm_unet, to_ldm_vae, unet_inputs
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")

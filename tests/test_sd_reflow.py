@@ -9,53 +9,24 @@ import pytest
 import torch
 
 from sd.training import objectives, triplets
-from sd.models.clip import TextEncoder
 from sd.sampling.pipeline import default_sampler, load_pipeline
 from sd.reflow import main as reflow_main
 from sd.checkpoints.safetensors_io import load_file
 from sd.training.trainer import TrainConfig, batch_indices, latest_checkpoint, read_checkpoint, train, weights
-from sd.models.unet import UNet
 from tests.conftest import ROOT
+from tests.sd_training import ENV, GEN, TRAIN, cli, max_state_diff, tiny_data, tiny_models
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-PROMPTS = ["a red circle at the top left", "a blue square", "a cat", "a green circle at the bottom right", "yellow",
-           "two dogs", "a tree on a hill", "the sea"]
-GEN = ["--steps", "2", "--guidance", "2.0", "--sampler", "euler", "--height", "16", "--width", "16",
-       "--shard-size", "2", "--batch-size", "2", "--seed", "5"]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    from tests.tiny_sd import tiny_sd_folder
-    return tiny_sd_folder(tmp_path_factory.mktemp("tiny-sd"))
-
-
-@pytest.fixture(scope="module")
-def data(folder, tmp_path_factory):
-    """A triplet folder made by the CLI from the tiny teacher."""
-    root = tmp_path_factory.mktemp("triplets")
-    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n\n")        # blank lines are skipped
-    reflow_main(["generate", "--teacher", str(folder), "--prompts", str(root / "prompts.txt"), "--out", str(root / "t"),
-                 *GEN])
-    return root
-
-
-def cli(*args, env=ENV):
-    return subprocess.run([sys.executable, "-m", "sd.reflow", *map(str, args)], capture_output=True, text=True, env=env,
-                          cwd=ROOT)
-
-
 # ---- triplets ----------------------------------------------------------------------------------
 
-def test_triplets_are_the_teacher_samples_of_their_seeds(folder, data):
-    d, manifest = triplets.load(data / "t")
-    prompts = triplets.read_prompts(data / "prompts.txt")
+def test_triplets_are_the_teacher_samples_of_their_seeds(reflow_folder, reflow_data):
+    d, manifest = triplets.load(reflow_data / "t")
+    prompts = triplets.read_prompts(reflow_data / "prompts.txt")
     assert d["noise"].shape == (len(prompts), 4, 8, 8) and d["ids"].shape == (len(prompts), 77)
     assert [s["count"] for s in manifest["shards"]] == [2, 2, 2, 2]
-    pipe = load_pipeline(folder)
+    pipe = load_pipeline(reflow_folder)
     for j in (0, 5):                          # sample j = the pipeline's output for prompt j, seed 5 + j
         out = pipe(prompts[j], steps=2, guidance=2.0, seed=5 + j, height=16, width=16, return_latents=True,
                    progress=False)
@@ -63,10 +34,10 @@ def test_triplets_are_the_teacher_samples_of_their_seeds(folder, data):
         assert torch.equal(d["ids"][j], pipe.tokenizer(prompts[j])[0])
 
 
-def test_generate_resumes_only_missing_shards_and_ranks_split_the_work(folder, data, tmp_path):
-    ref, _ = triplets.load(data / "t")
+def test_generate_resumes_only_missing_shards_and_ranks_split_the_work(reflow_folder, reflow_data, tmp_path):
+    ref, _ = triplets.load(reflow_data / "t")
     out = tmp_path / "t"
-    args = ["generate", "--teacher", str(folder), "--prompts", str(data / "prompts.txt"), "--out", str(out), *GEN]
+    args = ["generate", "--teacher", str(reflow_folder), "--prompts", str(reflow_data / "prompts.txt"), "--out", str(out), *GEN]
     for rank in (1, 0):                       # two "torchrun" ranks, one after the other
         os.environ.update(RANK=str(rank), WORLD_SIZE="2")
         try:
@@ -90,34 +61,15 @@ def test_generate_resumes_only_missing_shards_and_ranks_split_the_work(folder, d
     assert all(torch.equal(d[k], ref[k]) for k in ref)
 
 
-def test_generate_refuses_a_folder_of_another_run(folder, data, capsys):
+def test_generate_refuses_a_folder_of_another_run(reflow_folder, reflow_data, capsys):
     with pytest.raises(SystemExit) as e:
-        reflow_main(["generate", "--teacher", str(folder), "--prompts", str(data / "prompts.txt"), "--out",
-                     str(data / "t"), *GEN[:2], "--guidance", "3.0", *GEN[4:]])
+        reflow_main(["generate", "--teacher", str(reflow_folder), "--prompts", str(reflow_data / "prompts.txt"), "--out",
+                     str(reflow_data / "t"), *GEN[:2], "--guidance", "3.0", *GEN[4:]])
     assert e.value.code == 2
     assert "different run (guidance: 2.0 there, 3.0 now)" in capsys.readouterr().err
 
 
 # ---- objectives --------------------------------------------------------------------------------
-
-def tiny_models(seed=0):
-    """A tiny UNet (random init from `seed`) and a frozen tiny text encoder (always the same)."""
-    torch.manual_seed(0)
-    text = TextEncoder(dict(vocab_size=20, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                            num_attention_heads=2, max_position_embeddings=6))
-    torch.manual_seed(seed)
-    unet = UNet(dict(in_channels=4, out_channels=4, block_out_channels=[16, 32], layers_per_block=1,
-                     down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-                     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=2, cross_attention_dim=16,
-                     norm_num_groups=8))
-    return unet, text
-
-
-def tiny_data(n=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {"noise": torch.randn(n, 4, 8, 8, generator=g), "latents": torch.randn(n, 4, 8, 8, generator=g) * 0.5 + 1,
-            "ids": torch.randint(0, 19, (n, 6), generator=g)}
-
 
 def test_objectives_follow_their_equations():
     unet, text = tiny_models()
@@ -246,19 +198,14 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, objective):
         ["step-0000004.safetensors", "step-0000006.safetensors"]       # keep=2
 
 
-def max_diff(a, b):
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
-
-
 def test_checkpointing_does_not_change_the_steps(tmp_path):
     """Gradient checkpointing recomputes the same numbers: bit-equal weights after 3 steps."""
     base = dict(objective="reflow", iters=3, batch_size=4, lr=1e-3, save_every=3)
     start = tiny_models()[0].state_dict()
     a, _ = run(tmp_path / "a", TrainConfig(**base))
     b, _ = run(tmp_path / "b", TrainConfig(**base, grad_checkpointing=True))
-    assert max_diff(a.state_dict(), start) > 1e-3
-    assert max_diff(a.state_dict(), b.state_dict()) == 0 and not b.gradient_checkpointing
+    assert max_state_diff(a.state_dict(), start) > 1e-3
+    assert max_state_diff(a.state_dict(), b.state_dict()) == 0 and not b.gradient_checkpointing
 
 
 def test_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path, monkeypatch):
@@ -270,8 +217,8 @@ def test_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path, monkeypatc
     start = tiny_models()[0].state_dict()
     a, res_a = run(tmp_path / "a", TrainConfig(**base))
     c, res_c = run(tmp_path / "c", TrainConfig(**base, grad_accum=2))
-    moved = max_diff(a.state_dict(), start)
-    assert moved > 1e-2 and max_diff(a.state_dict(), c.state_dict()) < 1e-5 * moved / 1e-2
+    moved = max_state_diff(a.state_dict(), start)
+    assert moved > 1e-2 and max_state_diff(a.state_dict(), c.state_dict()) < 1e-5 * moved / 1e-2
     assert res_a["losses"] == pytest.approx(res_c["losses"], rel=1e-5)
 
 
@@ -308,13 +255,10 @@ def test_trainer_errors_name_the_problem(tmp_path):
 
 # ---- CLI: DDP on gloo, export ------------------------------------------------------------------
 
-TRAIN = ["--iters", "3", "--batch-size", "4", "--lr", "1e-3", "--save-every", "3", "--cfg-dropout", "0.25"]
-
-
-def test_ddp_two_processes_match_one(folder, data, tmp_path):
+def test_ddp_two_processes_match_one(reflow_folder, reflow_data, tmp_path):
     """2 gloo processes against 1 with the same global batch, with SGD and no clipping (so that a wrong
     averaging of the gradients over processes would show in the weights, see tests/sgd_reflow.py)."""
-    args = ["train", "--init", folder, "--data", data / "t", *TRAIN, "--lr", "0.2", "--grad-clip", "0", "--ema", "0"]
+    args = ["train", "--init", reflow_folder, "--data", reflow_data / "t", *TRAIN, "--lr", "0.2", "--grad-clip", "0", "--ema", "0"]
     one = subprocess.run([sys.executable, "tests/sgd_reflow.py", *map(str, args), "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -325,17 +269,17 @@ def test_ddp_two_processes_match_one(folder, data, tmp_path):
     a = load_file(tmp_path / "one" / "checkpoints" / "step-0000003.safetensors")
     b = load_file(tmp_path / "two" / "checkpoints" / "step-0000003.safetensors")
     assert not any(k.startswith("adam.") for k in a)                    # SGD ran: no Adam state
-    start = load_pipeline(folder).unet.state_dict()
+    start = load_pipeline(reflow_folder).unet.state_dict()
     a, b = ({k[6:]: v for k, v in x.items() if k.startswith("model.")} for x in (a, b))
-    moved = max_diff(a, start)
+    moved = max_state_diff(a, start)
     assert moved > 1e-2                                                 # training did change the weights
-    print(f"DDP vs one process: moved {moved:.2e}, apart {max_diff(a, b):.2e}")
-    assert max_diff(a, b) < 1e-5 * moved / 1e-2                         # the same steps, up to summation order
+    print(f"DDP vs one process: moved {moved:.2e}, apart {max_state_diff(a, b):.2e}")
+    assert max_state_diff(a, b) < 1e-5 * moved / 1e-2                         # the same steps, up to summation order
 
 
-def test_export_is_a_model_folder_for_us_and_diffusers(folder, data, tmp_path):
-    assert cli("train", "--init", folder, "--data", data / "t", "--out", tmp_path / "run", *TRAIN).returncode == 0
-    r = cli("export", "--run", tmp_path / "run", "--init", folder, "--out", tmp_path / "2rf")
+def test_export_is_a_model_folder_for_us_and_diffusers(reflow_folder, reflow_data, tmp_path):
+    assert cli("train", "--init", reflow_folder, "--data", reflow_data / "t", "--out", tmp_path / "run", *TRAIN).returncode == 0
+    r = cli("export", "--run", tmp_path / "run", "--init", reflow_folder, "--out", tmp_path / "2rf")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "2rf"
     assert default_sampler(out) == "euler" and json.loads((out / "rectflow.json").read_text())["step"] == 3
@@ -350,13 +294,13 @@ def test_export_is_a_model_folder_for_us_and_diffusers(folder, data, tmp_path):
     assert img.shape == (1, 16, 16, 3)
 
 
-def test_cli_errors_exit_2_with_one_line(folder, tmp_path):
-    r = cli("train", "--init", folder, "--data", tmp_path / "nothing", "--out", tmp_path / "o")
-    assert r.returncode == 2 and "no manifest.json: not a triplet folder" in r.stderr
-    r = cli("export", "--run", tmp_path / "o", "--init", folder, "--out", tmp_path / "x")
+def test_cli_errors_exit_2_with_one_line(reflow_folder, tmp_path):
+    r = cli("train", "--init", reflow_folder, "--data", tmp_path / "nothing", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "no manifest.json: not a triplet reflow_folder" in r.stderr
+    r = cli("export", "--run", tmp_path / "o", "--init", reflow_folder, "--out", tmp_path / "x")
     assert r.returncode == 2 and "no checkpoint" in r.stderr
     (tmp_path / "p.txt").write_text("\n\n")
-    r = cli("generate", "--teacher", folder, "--prompts", tmp_path / "p.txt", "--out", tmp_path / "g")
+    r = cli("generate", "--teacher", reflow_folder, "--prompts", tmp_path / "p.txt", "--out", tmp_path / "g")
     assert r.returncode == 2 and "no prompts (one per line)" in r.stderr
 
 
@@ -369,14 +313,14 @@ def test_zero_output_starts_from_v_equal_zero_and_keeps_the_rest(tmp_path):
     assert all(torch.equal(after[k], v) for k, v in start.items() if not k.startswith("conv_out."))
 
 
-def test_distill_with_a_loss_from_a_module(folder, data, tmp_path):
+def test_distill_with_a_loss_from_a_module(reflow_folder, reflow_data, tmp_path):
     """`--loss torch.nn.functional:l1_loss`: the first step's loss is the L1 distance of one Euler step
-    from X_0 to X_1 over the whole data (batch = all 8 samples, no CFG dropout), written out here."""
-    r = cli("distill", "--init", folder, "--data", data / "t", "--out", tmp_path / "s", "--iters", "1", "--batch-size",
+    from X_0 to X_1 over the whole reflow_data (batch = all 8 samples, no CFG dropout), written out here."""
+    r = cli("distill", "--init", reflow_folder, "--data", reflow_data / "t", "--out", tmp_path / "s", "--iters", "1", "--batch-size",
             "8", "--cfg-dropout", "0", "--loss", "torch.nn.functional:l1_loss")
     assert r.returncode == 0, r.stderr[-2000:]
-    d, _ = triplets.load(data / "t")
-    pipe = load_pipeline(folder)
+    d, _ = triplets.load(reflow_data / "t")
+    pipe = load_pipeline(reflow_folder)
     with torch.no_grad():
         v = pipe.unet(d["noise"], torch.full((8,), 1000.0), pipe.text_encoder(d["ids"]))
         expected = (d["noise"] + v - d["latents"]).abs().mean().item()
@@ -386,14 +330,14 @@ def test_distill_with_a_loss_from_a_module(folder, data, tmp_path):
     assert meta["loss"] == "torch.nn.functional:l1_loss" and meta["objective"] == "distill"
 
 
-def test_export_a_checkpoint_file_raw_weights_in_fp16(folder, data, tmp_path):
-    assert cli("train", "--init", folder, "--data", data / "t", "--out", tmp_path / "run", *TRAIN).returncode == 0
+def test_export_a_checkpoint_file_raw_weights_in_fp16(reflow_folder, reflow_data, tmp_path):
+    assert cli("train", "--init", reflow_folder, "--data", reflow_data / "t", "--out", tmp_path / "run", *TRAIN).returncode == 0
     ckpt = tmp_path / "run" / "checkpoints" / "step-0000003.safetensors"
-    r = cli("export", "--checkpoint", ckpt, "--init", folder, "--out", tmp_path / "m", "--weights", "model",
+    r = cli("export", "--checkpoint", ckpt, "--init", reflow_folder, "--out", tmp_path / "m", "--weights", "model",
             "--dtype", "fp16")
     assert r.returncode == 0, r.stderr
     raw, ema = weights(ckpt, "model"), weights(ckpt, "ema")
-    assert max_diff(raw, ema) > 0                                       # the two choices differ
+    assert max_state_diff(raw, ema) > 0                                       # the two choices differ
     pipe = load_pipeline(tmp_path / "m")
     assert pipe.unet.conv_in.weight.dtype == torch.float16
     assert all(torch.equal(v, raw[k].half()) for k, v in pipe.unet.state_dict().items())

@@ -18,7 +18,7 @@ from sd.sampling.refiner import load_refiner
 from sd.sampling.samplers import euler_discrete_schedule, img2img_start
 from tests.conftest import ROOT
 from tests.prompts import prompts
-from tests.test_sd_models import randomize
+from tests.sd_oracles import randomize
 from tests.tiny_sd import BASE_UNET, PROJ, REFINER_SCHEDULER, REFINER_UNET, ref_text_2
 
 diffusers = pytest.importorskip("diffusers")

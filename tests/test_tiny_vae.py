@@ -11,7 +11,7 @@ from sd.checkpoints.loaders import CheckpointError, load_tiny_vae
 from sd.models.tiny_vae import TinyVAE
 from sd.sampling.pipeline import load_pipeline
 from tests.conftest import ROOT
-from tests.test_sd_models import randomize
+from tests.sd_oracles import randomize
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -53,7 +53,7 @@ def test_the_soft_clamp_and_the_output_range_are_applied():
 
 
 def test_loader_refuses_the_full_vae_and_single_files(tmp_path):
-    from tests.test_sd_models import ref_vae
+    from tests.sd_oracles import ref_vae
     ref_vae().save_pretrained(tmp_path / "kl")
     with pytest.raises(CheckpointError, match="_class_name is 'AutoencoderKL', not AutoencoderTiny"):
         load_tiny_vae(tmp_path / "kl")

@@ -1,11 +1,13 @@
-"""A tiny SD-layout model folder saved by diffusers itself (model_index.json, unet/, vae/, text_encoder/,
-tokenizer/ with a byte-level vocabulary, scheduler/): random weights, real file layout."""
+"""Tiny folders in the real layouts, saved by the reference libraries themselves, random weights: an SD model
+(model_index.json, unet/, vae/, text_encoder/, tokenizer/ with a byte-level vocabulary, scheduler/), an SDXL
+refiner, a CLIPModel; and smooth test images."""
 import json
 
+import numpy as np
 import torch
 
 from sd.models.tokenizer import byte_vocab
-from tests.test_sd_models import ref_unet, ref_vae
+from tests.sd_oracles import ref_unet, ref_vae
 
 
 def byte_tokenizer(folder):
@@ -66,7 +68,7 @@ def ref_text_2(eos_token_id=2, vocab_size=514):
     """transformers' CLIPTextModelWithProjection in the layout of SDXL's text_encoder_2 (gelu, projection; its
     config says eos_token_id 2, the legacy value that makes transformers pool at the largest id)."""
     import transformers
-    from tests.test_sd_models import randomize
+    from tests.sd_oracles import randomize
     cfg = transformers.CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                       num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
                                       projection_dim=PROJ, bos_token_id=0, eos_token_id=eos_token_id, pad_token_id=1)
@@ -79,7 +81,7 @@ def tiny_refiner_folder(root):
     scheduler/ as the refiner's): (folder, the diffusers StableDiffusionXLImg2ImgPipeline on it)."""
     import diffusers
     import transformers
-    from tests.test_sd_models import randomize
+    from tests.sd_oracles import randomize
     byte_tokenizer(root / "tok")
     tok = transformers.CLIPTokenizer(str(root / "tok" / "vocab.json"), str(root / "tok" / "merges.txt"), pad_token="!",
                                      model_max_length=77)
@@ -95,3 +97,30 @@ def tiny_refiner_folder(root):
     pipe.save_pretrained(root / "model")
     pipe.set_progress_bar_config(disable=True)
     return root / "model", pipe
+
+
+def tiny_clip_folder(folder, act="quick_gelu", eos=2, seed=0):
+    """transformers' CLIPModel (random weights) saved by itself, with a byte-level vocabulary at the root:
+    the layout of openai/clip-vit-large-patch14 and the LAION conversions, at a tiny size."""
+    import transformers
+    tok = byte_tokenizer(folder)
+    torch.manual_seed(seed)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=20, hidden_act=act, eos_token_id=eos,
+                         bos_token_id=512, pad_token_id=513),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, hidden_act=act),
+        projection_dim=24)
+    ref = transformers.CLIPModel(cfg).eval()
+    ref.save_pretrained(folder)
+    return ref, tok
+
+
+def smooth_images(n, h, w, seed):
+    """uint8 [n, h, w, 3]: sines of random frequency and phase (CLIP sees structure, not only noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = [np.stack([127 + 120 * np.sin(xx * rng.uniform(0.05, 0.5) + rng.uniform(0, 6))
+                     * np.cos(yy * rng.uniform(0.05, 0.5)) for _ in range(3)], -1) for _ in range(n)]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
