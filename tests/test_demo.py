@@ -3,6 +3,7 @@ sd.generate's image, every refusal, a burst of concurrent requests, paths outsid
 line (its errors, the warning for another host, Ctrl-C), the mini mode, and the page in a real browser
 (Debian's chromium driven by Playwright; skipped where either is missing, installed by .ci/run)."""
 import base64
+import http.client
 import io
 import json
 import shutil
@@ -126,6 +127,51 @@ def test_only_the_page_is_served(tiny, path):
     code, _ = call(tiny[1] + path)
     assert code == 404
     assert call(tiny[1] + "/")[0] == 200 and call(tiny[1] + "/demo.js")[0] == 200 and call(tiny[1] + "/demo.css")[0] == 200
+
+
+def raw_request(url, method, path, headers=(), body=b""):
+    """A request sent exactly as written (urllib would normalise the path): (status, body)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=20)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in headers:
+            conn.putheader(k, v)
+        conn.endheaders(body or None)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+SERVER_PY = (ROOT / "sd" / "web" / "server.py").read_bytes()[:60]
+
+
+@pytest.mark.parametrize("path", ["/../server.py", "/../../../README.md", "/%2e%2e/server.py", "/..%2fserver.py",
+                                  "/static/../../server.py", "/./demo.js/../../server.py", "//../server.py"])
+def test_no_path_reaches_a_file_beside_the_page(tiny, path):
+    """Paths that name files which exist next to the page's folder (sd/web/static/../server.py, the README),
+    sent raw: each is a 404 with the JSON error, never the file."""
+    code, body = raw_request(tiny[1], "GET", path)
+    assert code == 404 and SERVER_PY not in body and b"# rectflow" not in body, (code, body[:80])
+    assert "not found" in json.loads(body)["error"]
+
+
+def test_a_body_of_exactly_the_cap_is_read_and_one_more_byte_is_refused(tiny):
+    body = json.dumps({"prompt": "a cat", **SIZE}).encode()
+    exact = body + b" " * (MAX_BODY - len(body))               # valid JSON padded to the cap
+    code, answer = call(tiny[1] + "/api/generate", raw=exact)
+    assert len(exact) == MAX_BODY and code == 200, answer[:200]
+    code, answer = call(tiny[1] + "/api/generate", raw=exact + b" ")
+    assert code == 413 and f"at most {MAX_BODY}" in json.loads(answer)["error"]
+
+
+def test_a_large_declared_length_is_refused_without_waiting_for_the_body(tiny):
+    """Content-Length of a gigabyte and no body: the 413 comes at once (a server that read first would wait
+    for the body, and the client's 20 s timeout would fail the test)."""
+    code, answer = raw_request(tiny[1], "POST", "/api/generate",
+                               [("Content-Type", "application/json"), ("Content-Length", str(10 ** 9))])
+    assert code == 413 and f"at most {MAX_BODY}" in json.loads(answer)["error"]
 
 
 class Slow:
