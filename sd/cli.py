@@ -13,7 +13,7 @@ from rectflow.checks import positive_int
 from toy.cli import HelpFormatter, writable
 
 from .checkpoints.images import ImageError
-from .checkpoints.loaders import CheckpointError, load_tiny_vae, locate
+from .checkpoints.loaders import CheckpointError, check_model_folder, load_tiny_vae, locate
 from .checkpoints.safetensors_io import SafeOpen, SafetensorsError
 from .edits.lora import LoraError, split_scale
 from .models.tokenizer import TokenizerError
@@ -23,7 +23,7 @@ ERRORS = (PipelineError, CheckpointError, SafetensorsError, TokenizerError, Imag
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
-__all__ = ["DTYPES", "ERRORS", "HelpFormatter", "device_of", "check_out", "check_sizes", "check_steps",
+__all__ = ["DTYPES", "ERRORS", "IMAGE_SUFFIXES", "HelpFormatter", "device_of", "check_out", "check_sizes", "check_steps",
            "check_file", "check_safetensors", "fail", "save_png", "add_model_args", "check_model_args", "load_edited",
            "add_refine_args", "check_refine_args", "refine_kwargs", "print_times"]
 
@@ -45,9 +45,12 @@ def device_of(name):
     return dev
 
 
-def check_out(path, flag="--out", folder=False):
-    """The output path can be written (checked before any model loads); missing folders are created later."""
-    return writable(path, flag, folder=folder, error=PipelineError)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")          # what save_png writes (JPEG through matplotlib's Pillow)
+
+
+def check_out(path, flag="--out", folder=False, suffixes=None):
+    """The output path can be written (tried before any model loads: toy.cli.writable), with one of `suffixes`."""
+    return writable(path, flag, folder=folder, error=PipelineError, suffixes=suffixes)
 
 
 def check_sizes(height, width, multiple=8):
@@ -77,7 +80,7 @@ def check_safetensors(path, flag):
 
 
 def save_png(array, path):
-    """uint8 [H, W, 3] to a PNG file, creating its folder."""
+    """uint8 [H, W, 3] to a PNG (or, by its name, JPEG) file, creating its folder."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.image
@@ -115,8 +118,11 @@ def add_model_args(p, model_required=True):
 
 
 def check_model_args(args):
-    """add_model_args' options, checked before anything loads: the device (returned), steps, LoRA files."""
+    """add_model_args' options, checked before anything loads: the device (returned), a --model of another kind,
+    steps, LoRA files."""
     dev = device_of(args.device)
+    if args.model is not None and Path(args.model).is_dir():
+        check_model_folder(args.model)
     check_steps(args.steps)
     for spec in args.lora:
         check_safetensors(split_scale(spec)[0], "--lora")

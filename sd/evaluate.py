@@ -250,6 +250,11 @@ def main(argv=None):
                        "clip": None if args.clip is None else str(args.clip),
                        "reference": str(args.ref_stats or args.ref_images)},
     )
+    not_measured = {"clip_score": "no --clip model given (e.g. openai/clip-vit-large-patch14's folder)",
+                    "clip_score_100": "no --clip model given",
+                    "seconds_per_image": "no image was timed here (they existed, or only the first batch, which "
+                                         "warms up and is not timed, was made)"}
+    metrics["not_measured"] = {k: why for k, why in not_measured.items() if metrics[k] is None}
     write_atomic(args.out / "metrics.json", json.dumps(metrics, indent=2))
     caption_grid(files, captions, args.out / "grid.png")
     clip_text = "" if cos is None else f", CLIP score {metrics['clip_score']:.4f} ({metrics['clip_score_100']:.2f} x 100)"

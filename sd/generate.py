@@ -13,6 +13,7 @@ Bad input (sizes, steps, prompts, a missing or wrong model, an unreadable image)
 import argparse
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,10 @@ from .checkpoints.images import fit, read_image
 from .checkpoints.loaders import CheckpointError, holds, locate
 from .checkpoints.safetensors_io import load_file
 from .cli import (DTYPES, ERRORS, HelpFormatter, add_model_args, add_refine_args, check_file, check_model_args, check_out,
-                  check_refine_args, check_sizes, fail, load_edited, print_times, refine_kwargs, save_png)
+                  check_refine_args, check_sizes, fail, load_edited, print_times, refine_kwargs, save_png, IMAGE_SUFFIXES)
 from .controlnet import canny, load_controlnet
 from .sampling.pipeline import PipelineError, default_sampler
-from .sampling.refiner import load_refiner
+from .sampling.refiner import check_refiner_folder, load_refiner
 
 
 def grid(images):
@@ -108,8 +109,8 @@ def build_parser():
     p.add_argument("--refiner", type=Path, metavar="PATH",
                    help="refine the images with the SDXL Refiner (its diffusers folder or model id)")
     add_refine_args(p, "refine-")
-    p.add_argument("--out", type=Path, default=Path("image.png"), help="PNG file (a grid when several images); "
-                   "missing folders are created")
+    p.add_argument("--out", type=Path, default=Path("image.png"), help="image file, .png or .jpg (a grid when several "
+                   "images); missing folders are created")
     return p
 
 
@@ -122,7 +123,7 @@ def check_args(args):
     """Everything that can be checked without the model, before it loads: returns the pipeline's keyword
     arguments that come from files (init image, control images, noise)."""
     dev = check_model_args(args)
-    check_out(args.out)
+    check_out(args.out, suffixes=IMAGE_SUFFIXES)
     check_sizes(args.height, args.width)
     positive_int(args.batch, "--batch", PipelineError)
     if args.negative_prompt and len(args.negative_prompt) != len(args.prompt):
@@ -150,7 +151,7 @@ def check_args(args):
     if args.refiner:
         check_refine_args(args, "refine-")
         check_out(one_step_path(args.out))
-        locate(args.refiner)
+        check_refiner_folder(args.refiner)
     return dev, kw
 
 
@@ -164,8 +165,15 @@ def main(argv=None):
         if args.noise:
             kw["height"], kw["width"] = (n * pipe.vae_factor for n in kw["latents"].shape[-2:])
         sampler = default_sampler(pipe.path) if args.sampler == "auto" else args.sampler
-        out = pipe(args.prompt, args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                   batch=args.batch, compile=args.compile, sampler=sampler, **kw)
+        call = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, batch=args.batch, compile=args.compile,
+                    sampler=sampler, **kw)
+        if args.compile:                    # compile in a first, untimed call: the times printed are the steps'
+            if dev.type == "cpu":
+                print("note: --compile on a CPU takes minutes and gains nothing here (docs/benchmarks.md)")
+            t0 = time.perf_counter()
+            pipe(args.prompt, args.negative_prompt, progress=False, **call)
+            print(f"compiled in a first call of {time.perf_counter() - t0:.1f} s")
+        out = pipe(args.prompt, args.negative_prompt, **call)
         s = out.seconds
         print(f"{sampler}: text encoder {s['text_encoder'] * 1e3:.0f} ms | " + " | ".join(
               f"step {i + 1} {t * 1e3:.0f} ms" for i, t in enumerate(s["steps"])) + f" | VAE {s['vae'] * 1e3:.0f} ms")

@@ -15,7 +15,8 @@ import torch
 
 from .checkpoints.images import fit, psnr, read_image
 from .checkpoints.safetensors_io import save_file
-from .cli import DTYPES, ERRORS, HelpFormatter, check_out, check_sizes, check_steps, device_of, fail, save_png
+from .cli import (DTYPES, ERRORS, IMAGE_SUFFIXES, HelpFormatter, check_out, check_sizes, check_steps, device_of, fail,
+                  save_png)
 from .sampling.pipeline import load_pipeline
 
 
@@ -33,7 +34,7 @@ def build_parser():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--out", type=Path, default=Path("noise.safetensors"), help="the noise (tensor 'noise'), for "
                    "python -m sd.generate --noise")
-    p.add_argument("--reconstruction", type=Path, help="also write the regenerated image here (PNG)")
+    p.add_argument("--reconstruction", type=Path, help="also write the regenerated image here (.png or .jpg)")
     return p
 
 
@@ -41,9 +42,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         dev = device_of(args.device)
-        check_out(args.out)
+        check_out(args.out, suffixes=(".safetensors",))
         if args.reconstruction:
-            check_out(args.reconstruction, "--reconstruction")
+            check_out(args.reconstruction, "--reconstruction", suffixes=IMAGE_SUFFIXES)
         check_steps(args.steps)
         check_sizes(args.height, args.width)
         image, note = fit(read_image(args.image), args.height, args.width)

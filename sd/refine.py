@@ -15,7 +15,7 @@ import torch
 
 from .checkpoints.images import fit, read_image, resize
 from .cli import (DTYPES, ERRORS, HelpFormatter, add_refine_args, check_out, check_refine_args, device_of, fail,
-                  print_times, refine_kwargs, save_png)
+                  print_times, refine_kwargs, save_png, IMAGE_SUFFIXES)
 from .sampling.refiner import load_refiner
 
 
@@ -31,7 +31,7 @@ def build_parser():
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                    help="fp16 on a GPU; bf16 on a CPU with bf16 instructions, else fp32 (the VAE stays fp32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", type=Path, default=Path("refined.png"), help="PNG file; missing folders are created")
+    p.add_argument("--out", type=Path, default=Path("refined.png"), help="image file, .png or .jpg; missing folders are created")
     return p
 
 
@@ -40,7 +40,7 @@ def main(argv=None):
     try:
         dev = device_of(args.device)
         check_refine_args(args)
-        check_out(args.out)
+        check_out(args.out, suffixes=IMAGE_SUFFIXES)
         image = read_image(args.image)
         if args.size:
             image = resize(image, args.size, args.size, mode="bicubic")

@@ -14,8 +14,8 @@ def cases(tmp, tiny):
     gen = ["--model", model, "--prompt", "x", "--out", tmp / "o.png"]
     inv = ["--model", model, "--image", tiny / "image.png", "--prompt", "x", "--out", tmp / "n.safetensors"]
     ref = ["--model", model, "--image", tiny / "image.png", "--prompt", "x", "--out", tmp / "r.png"]
-    ev = ["--model", model, "--captions", tiny / "captions.txt", "--out", tmp / "ev", "--inception", tiny / "incep.pth",
-          "--ref-stats", tiny / "ref.npz"]
+    ev = ["--model", model, "--captions", tiny / "captions.txt", "--out", tmp / "ev",
+          "--inception", tiny / "pt_inception.pth", "--ref-images", tiny / "refs"]
     demo = ["--model", model]
     train = ["train", "--init", model, "--data", tmp, "--out", tmp / "run"]
     return [
@@ -32,11 +32,26 @@ def cases(tmp, tiny):
         ("sd.generate", [*gen, "--controlnet", tiny / "image.png"], "--control-image"),
         ("sd.generate", [*gen, "--canny", "100"], "--canny"),
         ("sd.generate", [*gen, "--refiner", none], "none"),
-        ("sd.generate", [*gen, "--refiner", tiny, "--refine-strength", "0"], "--refine-strength must lie in (0, 1]"),
-        ("sd.generate", [*gen, "--refiner", tiny, "--refine-steps", "0"], "--refine-steps must be a positive integer"),
-        ("sd.generate", [*gen, "--refiner", tiny, "--refine-size", "12"], "--refine-size must be a positive multiple"),
+        ("sd.generate", [*gen, "--refiner", tiny / "refiner", "--refine-strength", "0"],
+         "--refine-strength must lie in (0, 1]"),
+        ("sd.generate", [*gen, "--refiner", tiny / "refiner", "--refine-steps", "0"],
+         "--refine-steps must be a positive integer"),
+        ("sd.generate", [*gen, "--refiner", tiny / "refiner", "--refine-size", "12"],
+         "--refine-size must be a positive multiple"),
         ("sd.generate", [*gen, "--tiny-vae", none], "none"),
         ("sd.generate", [*gen, "--negative-prompt", "a", "--negative-prompt", "b"], "negative prompt"),
+        ("sd.generate", [*gen, "--refiner", tiny / "model"], "not an SDXL refiner folder"),
+        ("sd.generate", [*gen[:-2], "--out", tmp / "o.txt"], "ending in .png or .jpg or .jpeg"),
+        ("sd.generate", ["--model", tiny / "controlnet", *gen[2:]], "a ControlNet folder"),
+        ("sd.generate", ["--model", tiny / "taesd", *gen[2:]], "a TAESD folder"),
+        ("sd.generate", ["--model", tiny / "refiner", *gen[2:]], "an SDXL Refiner folder"),
+        ("sd.generate", ["--model", tiny / "model" / "unet", *gen[2:]], "a UNet folder"),
+        ("sd.generate", ["--model", tiny / "clip", *gen[2:]], "a CLIP model folder"),
+        ("sd.invert", [*inv[:-2], "--out", tmp / "noise.png"], "ending in .safetensors"),
+        ("sd.evaluate", [*ev[:6], "--inception", tiny / "lora.safetensors", *ev[8:]], "a safetensors file"),
+        ("sd.evaluate", [*ev[:-2], "--ref-stats", tiny / "captions.txt"], "not a statistics file"),
+        ("sd.demo", ["--model", tiny / "controlnet"], "a ControlNet folder"),
+        ("sd.demo", [*demo, "--refiner", tiny / "model"], "not an SDXL refiner folder"),
         ("sd.invert", [*inv, "--steps", "0"], "--steps must be a positive integer"),
         ("sd.invert", [*inv, "--height", "12"], "--height must be a positive multiple of 8"),
         ("sd.invert", [*inv[:2], "--image", none, *inv[4:]], "none"),
@@ -56,7 +71,8 @@ def cases(tmp, tiny):
         ("sd.demo", [*demo, "--size", "12"], "--size must be a positive multiple of 8"),
         ("sd.demo", [*demo, "--steps", "0"], "--steps must be a positive integer"),
         ("sd.demo", [*demo, "--lora", none], "--lora"),
-        ("sd.demo", [*demo, "--refiner", tiny, "--refine-steps", "0"], "--refine-steps must be a positive integer"),
+        ("sd.demo", [*demo, "--refiner", tiny / "refiner", "--refine-steps", "0"],
+         "--refine-steps must be a positive integer"),
         ("sd.reflow", ["generate", "--teacher", model, "--prompts", tiny / "captions.txt", "--out", tmp / "t",
                        "--steps", "0"], "--steps must be a positive integer"),
         ("sd.reflow", ["generate", "--teacher", model, "--prompts", none, "--out", tmp / "t"], "none"),
@@ -70,12 +86,11 @@ def cases(tmp, tiny):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """Small real inputs: an image, a captions file (no model: none is meant to load)."""
-    from sd.cli import save_png
-    from tests.tiny_sd import smooth_images
+    """python -m sd.tiny's files (folders of every kind, an image, captions), for the wrong kinds of input."""
+    from sd.tiny import write_extras, write_model
     root = tmp_path_factory.mktemp("inputs")
-    save_png(smooth_images(1, 32, 32, seed=0)[0], root / "image.png")
-    (root / "captions.txt").write_text("a cat\na dog\n")
+    write_model(root)
+    write_extras(root)
     return root
 
 

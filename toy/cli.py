@@ -2,7 +2,7 @@
 the other way): the --help format, the output-path check run before any work, the argparse type of a count, and
 the one line a fast (smoke) run prints and draws on its figures."""
 import argparse
-import os
+import tempfile
 from pathlib import Path
 
 FAST_NOTE = "FAST MODE (a smoke run): these numbers and figures mean nothing"
@@ -31,22 +31,34 @@ def positive_int(text):
     return val
 
 
-def writable(path, name, folder=False, error=ValueError):
-    """Check, before any heavy work, that `path` can be written as a file (or, with folder=True, used as
-    an output folder): whatever exists on the way to it must be a folder we may write into, and the path
-    itself, if it exists, must be of the right kind. Folders that do not exist yet will be created.
+def writable(path, name, folder=False, error=ValueError, suffixes=None):
+    """Check, before any heavy work, that `path` can be written as a file (or, with folder=True, used as an output
+    folder), by doing it: the missing folders are created and a file is created in the folder that will hold
+    the output, then whatever the check made is removed, so a refused command leaves nothing. An existing output
+    is left untouched (and must be a regular file). `suffixes`: the file endings allowed (the formats written).
     Returns the path; raises `error` naming the argument and the problem."""
     path = Path(path)
-    if path.exists():
-        if folder and not path.is_dir():
+    where = path if folder else path.parent
+    missing = []
+    try:
+        if path.exists() and folder and not path.is_dir():
             raise error(f"{name} {path}: is a file, not a folder")
-        if not folder and path.is_dir():
+        if path.exists() and not folder and path.is_dir():
             raise error(f"{name} {path}: is a folder; give a file name such as {path / 'out.png'}")
-    parent = path if folder and path.exists() else path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise error(f"{name} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise error(f"{name} {path}: cannot write into {parent} (permission denied)")
+        if path.exists() and not folder and not path.is_file():
+            raise error(f"{name} {path}: not a regular file")
+        missing = [d for d in [where, *where.parents] if not d.exists()][::-1]
+        for d in missing:
+            d.mkdir()
+        tempfile.TemporaryFile(dir=where).close()
+    except OSError as e:
+        blocker = next((d for d in [where, *where.parents] if d.exists() and not d.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else f"cannot write there ({e.strerror or e})"
+        raise error(f"{name} {path}: {why}") from None
+    finally:
+        for d in reversed(missing):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+    if suffixes and not folder and path.suffix.lower() not in suffixes:
+        raise error(f"{name} {path}: give a file name ending in {' or '.join(suffixes)} (the formats written)")
     return path

@@ -65,7 +65,7 @@ def load_clip(path, dtype=torch.float32, device="cpu"):
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder}: not a CLIP model folder (no config.json; expected transformers' CLIPModel "
-                              f"layout: config.json, model.safetensors, vocab.json, merges.txt)")
+                              f"layout, e.g. `huggingface-cli download openai/clip-vit-large-patch14`)")
     config = json.loads((folder / "config.json").read_text())
     if not isinstance(config.get("text_config"), dict) or not isinstance(config.get("vision_config"), dict):
         raise CheckpointError(f"{folder / 'config.json'}: no text_config and vision_config: not a CLIPModel config "

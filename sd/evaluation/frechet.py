@@ -80,8 +80,9 @@ def load_stats(path):
             mu, sigma = torch.from_numpy(f["mu"].astype(np.float64)), torch.from_numpy(f["sigma"].astype(np.float64))
     except StatsError:
         raise
-    except (OSError, ValueError) as e:                     # not a zip, or an array that needs pickle
-        raise StatsError(f"{path}: not a statistics .npz ({str(e).splitlines()[0][:120]})") from None
+    except (OSError, ValueError):                          # not a zip, or an array that needs pickle
+        raise StatsError(f"{path}: not a statistics file: expected pytorch-fid's .npz with arrays mu [D] and "
+                         f"sigma [D, D] (python -m sd.evaluate stats writes one)") from None
     d = mu.shape[0] if mu.ndim == 1 else -1
     if mu.ndim != 1 or tuple(sigma.shape) != (d, d):
         raise StatsError(f"{path}: mu {tuple(mu.shape)} and sigma {tuple(sigma.shape)} do not fit: expected [D] and [D, D]")

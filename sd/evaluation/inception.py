@@ -171,11 +171,19 @@ def load_inception(path, device="cpu"):
     weights_only=True: never unpickled); BatchNorm's num_batches_tracked may be there or not."""
     path = Path(path)
     if not path.is_file():
-        raise InceptionError(f"{path}: no such Inception weight file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+        raise InceptionError(f"{path}: no such Inception weight file: FID's is pytorch-fid's "
+                             f"pt_inception-2015-12-05-6726825d.pth (from its GitHub releases; python -m sd.tiny writes "
+                             f"a random stand-in)")
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[8:9] == b"{":                                    # 8 bytes of header length, then the JSON header
+        raise InceptionError(f"{path}: a safetensors file; FID's Inception is pytorch-fid's .pth state dict "
+                             f"(pt_inception-2015-12-05-6726825d.pth, from its GitHub releases)")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:                                   # not a torch file, or one that needs pickle
-        raise InceptionError(f"{path}: not a PyTorch state dict ({str(e).splitlines()[0][:120]})") from None
+    except Exception:                                        # not a torch file, or one that needs pickle
+        raise InceptionError(f"{path}: not a PyTorch state dict file: expected pytorch-fid's "
+                             f"pt_inception-2015-12-05-6726825d.pth (from its GitHub releases)") from None
     if not isinstance(sd, dict):
         raise InceptionError(f"{path}: holds a {type(sd).__name__}, not a state dict")
     sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}

@@ -156,11 +156,9 @@ def check_scheduler(cfg, where):
         raise CheckpointError(f"{where}: scheduler not supported by the refiner's Euler-discrete sampler: " + "; ".join(bad))
 
 
-def load_refiner(path, dtype=None, device="cpu", variant=None):
-    """The SDXL Refiner from its diffusers folder (model_index.json, unet/, vae/, text_encoder_2/, tokenizer_2/,
-    scheduler/; fp16 variant files with variant="fp16") or a model id in the local Hugging Face cache.
-    Weights stay memory-mapped until cast (sd/checkpoints/loaders.py). The VAE is kept in float32 when its
-    config says force_upcast (SDXL's VAE overflows in float16)."""
+def check_refiner_folder(path):
+    """What can be checked of a refiner folder before its weights load (its JSON files): (path, model_index,
+    scheduler config). A single file, an SD or SDXL base folder, an unsupported scheduler are refused by name."""
     path = locate(path)
     if path.is_file():
         raise CheckpointError(f"{path}: the refiner loads from its diffusers folder (model_index.json, unet/, vae/, "
@@ -169,11 +167,21 @@ def load_refiner(path, dtype=None, device="cpu", variant=None):
     index = _read_json(path / "model_index.json") if (path / "model_index.json").exists() else None
     if index is None or not index.get("text_encoder_2") or not (path / "text_encoder_2").is_dir():
         raise CheckpointError(f"{path}: not an SDXL refiner folder (needs model_index.json naming text_encoder_2, "
-                              f"and unet/, vae/, text_encoder_2/, tokenizer_2/, scheduler/)")
+                              f"and unet/, vae/, text_encoder_2/, tokenizer_2/, scheduler/; e.g. "
+                              f"`huggingface-cli download stabilityai/stable-diffusion-xl-refiner-1.0`)")
     if index.get("text_encoder") and index["text_encoder"][0] is not None:
         raise CheckpointError(f"{path}: an SDXL base folder (it has text_encoder/ too): only the refiner is supported")
     sched = _read_json(path / "scheduler" / "scheduler_config.json") if (path / "scheduler").is_dir() else {}
     check_scheduler(sched, path / "scheduler" / "scheduler_config.json")
+    return path, index, sched
+
+
+def load_refiner(path, dtype=None, device="cpu", variant=None):
+    """The SDXL Refiner from its diffusers folder (model_index.json, unet/, vae/, text_encoder_2/, tokenizer_2/,
+    scheduler/; fp16 variant files with variant="fp16") or a model id in the local Hugging Face cache.
+    Weights stay memory-mapped until cast (sd/checkpoints/loaders.py). The VAE is kept in float32 when its
+    config says force_upcast (SDXL's VAE overflows in float16)."""
+    path, index, sched = check_refiner_folder(path)
     kw = dict(device=device, variant=variant)
     unet = load_unet(path, dtype=dtype, **kw)
     if unet.config.get("addition_embed_type") != "text_time":
