@@ -368,7 +368,7 @@ def measure_evaluation(rep, ctx):
     from sd.evaluation.clip_score import preprocess_config
     from sd.evaluation.measure import measure
     from sd.models.clip import CLIPModel
-    from tests.weights import random_inception_file
+    from sd.tiny import write_inception
     dev, size = ctx.dev, ctx.size
     n = 8 if ctx.smoke else 64
     things = ["cat", "dog", "red car", "bowl of fruit", "train at a station", "man on a surfboard", "city street",
@@ -387,7 +387,7 @@ def measure_evaluation(rep, ctx):
     args = SimpleNamespace(sampler="euler", batch=ctx.big_batch, height=size, width=size, seed=0, steps=1,
                            guidance=1.0, negative_prompt="", compile=False)
     with tempfile.TemporaryDirectory() as d:
-        inception = load_inception(random_inception_file(Path(d) / "pt_inception.pth"), dev)
+        inception = load_inception(write_inception(Path(d) / "pt_inception.pth"), dev)
         seconds, timed_images, made = generate(ctx.pipe, args, captions, range(n), Path(d))
         files = sorted(Path(d).glob("0*.png"))
         rep.check("images written", made == n == len(files), f"{len(files)} of {n}")

@@ -20,7 +20,7 @@ from sd.sampling.pipeline import load_pipeline
 from sd.tiny import write_model
 from tests.conftest import ROOT
 from tests.tiny_sd import smooth_images, tiny_clip_folder
-from tests.weights import random_inception_file
+from sd.tiny import write_inception
 
 pytest.importorskip("transformers")
 COLOURS, SHAPES = ("red", "green", "blue"), ("circle", "square", "triangle")
@@ -31,7 +31,7 @@ N, SIZE = 10, 64
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     write_model(root / "tiny")
-    random_inception_file(root / "pt_inception.pth")
+    write_inception(root / "pt_inception.pth")
     tiny_clip_folder(root / "clip")
     (root / "captions.txt").write_text("\n".join(f"a {c} {s}" for c in COLOURS for s in SHAPES) + "\n\nthe last one\n")
     (root / "ref").mkdir()

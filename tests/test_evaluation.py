@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sd.evaluation import StatsError, frechet_distance, load_stats, save_stats, statistics
-from tests.weights import random_inception_file
+from sd.tiny import write_inception
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
@@ -84,7 +84,7 @@ def test_bad_stats_files_say_what_is_wrong(tmp_path):
     np.savez(tmp_path / "pickled.npz", mu=np.array([{"a": 1}], dtype=object), sigma=np.zeros((1, 1)))
     (tmp_path / "text.npz").write_text("not a zip file")
     cases = {"no_sigma.npz": "no array sigma (it holds mu)", "shapes.npz": "mu (3,) and sigma (4, 4) do not fit",
-             "pickled.npz": "not a statistics .npz", "text.npz": "not a statistics .npz",
+             "pickled.npz": "not a statistics file", "text.npz": "not a statistics file",
              "missing.npz": "no such statistics file"}
     for name, words in cases.items():
         with pytest.raises(StatsError) as err:
@@ -138,7 +138,7 @@ def fidelity_inception():
 
 def test_inception_features_equal_torch_fidelitys(tmp_path, fidelity_inception):
     from sd.evaluation import load_inception
-    f = random_inception_file(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
+    f = write_inception(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
     ours = load_inception(f)
     ref = fidelity_inception("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(f)).eval()
     g = torch.Generator().manual_seed(1)
@@ -155,15 +155,19 @@ def test_inception_features_equal_torch_fidelitys(tmp_path, fidelity_inception):
 def test_inception_files_of_another_layout_are_refused(tmp_path):
     from sd.evaluation import load_inception
     from sd.evaluation.inception import InceptionError
-    f = random_inception_file(tmp_path / "good.pth")
+    f = write_inception(tmp_path / "good.pth")
     sd = torch.load(f, weights_only=True)
     torch.save({k: v for k, v in sd.items() if not k.startswith("Mixed_7c")}, tmp_path / "cut.pth")
     torch.save({**sd, "fc.weight": torch.zeros(1000, 2048)}, tmp_path / "torchvision.pth")
     torch.save({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, tmp_path / "no_nbt.pth")
     (tmp_path / "text.pth").write_text("not weights")
+    from sd.checkpoints.safetensors_io import save_file
+    save_file({"w": torch.zeros(2)}, tmp_path / "weights.safetensors")
     load_inception(tmp_path / "no_nbt.pth")
     for name, words in {"cut.pth": "missing Mixed_7c.", "torchvision.pth": "mis-shaped fc.weight (1000, 2048)",
-                        "text.pth": "not a PyTorch state dict", "nothing.pth": "no such Inception weight file"}.items():
+                        "text.pth": "not a PyTorch state dict", "nothing.pth": "no such Inception weight file",
+                        "weights.safetensors": "a safetensors file; FID's Inception is pytorch-fid's .pth"}.items():
         with pytest.raises(InceptionError) as err:
             load_inception(tmp_path / name)
-        assert name in str(err.value) and words in str(err.value), str(err.value)
+        message = str(err.value)
+        assert name in message and words in message and "install" not in message and "pickle" not in message, message

@@ -29,12 +29,18 @@ def one_line_error(r, *needles):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """python -m sd.tiny's folder (model, ControlNet, LoRA, images)."""
+def tiny_run(tmp_path_factory):
+    """python -m sd.tiny's folder (model, ControlNet, LoRA, images, TAESD, refiner, Inception, CLIP, captions) and
+    what it printed (the commands to try)."""
     root = tmp_path_factory.mktemp("tiny")
     r = run("sd.tiny", "--out", root)
     assert r.returncode == 0, r.stderr
-    return root
+    return root, r.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_run):
+    return tiny_run[0]
 
 
 # ---- fast never clobbers full ------------------------------------------------------------------
@@ -192,27 +198,30 @@ def test_reflow_train_lists_the_valid_precisions_and_time_samplers():
 
 # ---- something to try SD on --------------------------------------------------------------------
 
-def test_sd_tiny_then_every_command(tiny, tmp_path):
+def test_sd_tiny_then_every_command_it_prints(tiny_run, tmp_path, capsys):
+    """Each command sd.tiny prints runs as printed (in-process, through each command's main): generate, img2img,
+    invert, LoRA + ControlNet, TAESD, sd.refine, generate --refiner, sd.evaluate end to end; then --noise and
+    --merge-delta. (sd.demo's line is tried by tests/test_demo.py on the same kind of folder.)"""
+    import importlib
+    import shlex
+    tiny, printed = tiny_run
     model = tiny / "model"
-    steps = [("sd.generate", "--model", model, "--prompt", "a red circle", "--height", "64", "--width", "64",
-              "--out", tmp_path / "a.png"),
-             ("sd.generate", "--model", model, "--prompt", "a red circle", "--init-image", tiny / "image.png",
-              "--out", tmp_path / "b.png"),
-             ("sd.invert", "--model", model, "--image", tiny / "image.png", "--prompt", "a red circle", "--steps", "2",
-              "--out", tmp_path / "noise.safetensors"),
-             ("sd.generate", "--model", model, "--prompt", "a blue circle", "--noise", tmp_path / "noise.safetensors",
-              "--steps", "2", "--out", tmp_path / "c.png"),
-             ("sd.generate", "--model", model, "--prompt", "x", "--lora", f"{tiny / 'lora.safetensors'}:0.8",
-              "--controlnet", tiny / "controlnet", "--control-image", tiny / "control.png", "--height", "64",
-              "--width", "64", "--out", tmp_path / "d.png"),
-             ("sd.generate", "--model", model, "--prompt", "x", "--merge-delta", model, f"{model}:0.5", "--height", "64",
-              "--width", "64", "--out", tmp_path / "e.png")]
-    for args in steps:
-        r = run(*args)
-        assert r.returncode == 0, (args, r.stderr[-2000:])
+    commands = [shlex.split(line.split("  (then")[0])[2:] for line in printed.splitlines()
+                if line.startswith("  python -m sd.") and "sd.demo" not in line]
+    assert {c[0] for c in commands} == {"sd.generate", "sd.invert", "sd.refine", "sd.evaluate"} and len(commands) == 8
+    commands += [["sd.generate", "--model", model, "--prompt", "a blue circle", "--noise", tiny / "noise.safetensors",
+                  "--steps", "4", "--out", tmp_path / "c.png"],
+                 ["sd.generate", "--model", model, "--prompt", "x", "--merge-delta", model, f"{model}:0.5", "--height",
+                  "64", "--width", "64", "--out", tmp_path / "e.png"]]
+    for module, *argv in commands:
+        code = importlib.import_module(module).main([str(a) for a in argv])
+        assert code == 0, (module, argv, capsys.readouterr().err[-2000:])
     from sd.checkpoints.images import read_image
-    a, d = read_image(tmp_path / "a.png"), read_image(tmp_path / "d.png")
+    a, d = read_image(tiny / "cat.png"), read_image(tiny / "controlled.png")
     assert a.shape == d.shape == (64, 64, 3) and not np.array_equal(a, d)        # the LoRA and ControlNet act
+    assert read_image(tiny / "refined_cat.png").shape == (64, 64, 3) and (tiny / "refined_cat_one_step.png").is_file()
+    metrics = json.loads((tiny / "evaluation" / "metrics.json").read_text())
+    assert metrics["n"] == 4 and metrics["fid"] > 0 and -1 <= metrics["clip_score"] <= 1
 
 
 def test_sd_tiny_is_what_diffusers_reads(tiny):
@@ -235,3 +244,34 @@ def test_sd_tiny_is_what_diffusers_reads(tiny):
     ids = ref.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     from sd.models.tokenizer import load_tokenizer
     assert torch.equal(load_tokenizer(tiny / "model")(["a red circle"]), ids)
+
+
+def test_sd_tinys_other_stand_ins_are_what_the_reference_libraries_read(tiny):
+    """The TAESD, the SDXL Refiner and the CLIP model load in diffusers / transformers, and compute what ours do."""
+    diffusers, transformers = pytest.importorskip("diffusers"), pytest.importorskip("transformers")
+    from sd.checkpoints.loaders import load_text_encoder, load_tiny_vae, load_unet
+    from sd.evaluation import load_clip
+    from sd.models.tokenizer import load_tokenizer
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(1, 4, 8, 8, generator=g)
+    with torch.no_grad():
+        ref_taesd = diffusers.AutoencoderTiny.from_pretrained(tiny / "taesd")
+        assert torch.allclose(load_tiny_vae(tiny / "taesd").decode(z), ref_taesd.decode(z).sample, atol=1e-5)
+        refiner = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(tiny / "refiner")
+        ids = refiner.tokenizer_2(["a red circle!"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        assert torch.equal(load_tokenizer(tiny / "refiner", subfolder="tokenizer_2")(["a red circle!"]), ids)
+        text = load_text_encoder(tiny / "refiner", component="text_encoder_2")
+        ref_out = refiner.text_encoder_2(ids, output_hidden_states=True)
+        context, pooled = text.context_and_pooled(ids)
+        assert torch.allclose(context, ref_out.hidden_states[-2], atol=1e-5)
+        assert torch.allclose(pooled, ref_out.text_embeds, atol=1e-5)
+        unet = load_unet(tiny / "refiner")
+        c, add = torch.randn(1, 77, 32, generator=g), {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 6]])}
+        t = torch.tensor([500.0])
+        assert torch.allclose(unet(z, t, c, added=(pooled, add["time_ids"])),
+                              refiner.unet(z, t, c, added_cond_kwargs=add).sample, atol=1e-4)
+        ref_clip, ours = transformers.CLIPModel.from_pretrained(tiny / "clip"), load_clip(tiny / "clip")
+        pix = torch.rand(2, 3, 32, 32, generator=g)
+        assert torch.allclose(ours.encode_image(pix), ref_clip.get_image_features(pixel_values=pix).pooler_output,
+                              atol=1e-5)
+

@@ -91,6 +91,35 @@ def locate(path):
         raise CheckpointError(str(e)) from None
 
 
+# folders that are not an SD model folder, by what their config says: what they are, and where they go
+OTHER_KINDS = {"ControlNetModel": "a ControlNet folder (give it to --controlnet)",
+               "AutoencoderTiny": "a TAESD folder (give it to --tiny-vae)",
+               "AutoencoderKL": "a VAE folder (a model folder holds it in vae/)",
+               "UNet2DConditionModel": "a UNet folder (a model folder holds it in unet/: give the folder above it)",
+               "CLIPModel": "a CLIP model folder (give it to sd.evaluate --clip)",
+               "CLIPTextModel": "a text encoder folder (a model folder holds it in text_encoder/)",
+               "StableDiffusionXLImg2ImgPipeline": "an SDXL Refiner folder (give it to --refiner or python -m sd.refine)",
+               "StableDiffusionXLPipeline": "an SDXL base folder (not supported: SD 1.x models and InstaFlow's)"}
+
+
+def check_model_folder(path):
+    """A --model that is a folder of another kind (a ControlNet, a TAESD, a refiner, a model's unet/, ...) is
+    refused in one line naming what it is, from its config alone (nothing loads). Returns the located path."""
+    path = locate(path)
+    for f in (path / "model_index.json", path / "config.json"):
+        if path.is_dir() and f.is_file():
+            try:
+                cfg = json.loads(f.read_text())
+            except ValueError as e:
+                raise CheckpointError(f"{f}: not JSON ({e})") from None
+            name = cfg.get("_class_name") or (cfg.get("architectures") or [None])[0]
+            if name in OTHER_KINDS:
+                raise CheckpointError(f"{path}: {OTHER_KINDS[name]}, not an SD model folder (model_index.json, unet/, "
+                                      f"vae/, text_encoder/, tokenizer/)")
+            return path
+    return path
+
+
 def _resolve(path, component):
     """-> ("folder", component folder) or ("file", checkpoint file), with clear errors."""
     path = locate(path)
@@ -354,7 +383,8 @@ def load_lpips(vgg, lin, dtype=None, device="cpu"):
 
 
 CLASS_NAMES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",
-               "controlnet": "ControlNetModel"}
+               "text_encoder_2": "CLIPTextModelWithProjection", "controlnet": "ControlNetModel",
+               "tiny_vae": "AutoencoderTiny"}
 
 
 def save_component(module, folder, component, dtype=None):
@@ -363,12 +393,15 @@ def save_component(module, folder, component, dtype=None):
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     cfg = {"_class_name": CLASS_NAMES[component], **module.config}
-    if component == "text_encoder":
-        cfg = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **module.config}
+    text = component in ("text_encoder", "text_encoder_2")
+    if text:
+        cfg = {"architectures": [CLASS_NAMES[component]], "model_type": "clip_text_model", **module.config}
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    prefix = "text_model." if component == "text_encoder" else ""
-    sd = {prefix + k: (v.to(dtype) if dtype else v).contiguous() for k, v in module.state_dict().items()}
-    save_file(sd, out / f"{WEIGHT_NAMES[component]}.safetensors", metadata={"format": "pt"})
+    # transformers' text towers nest under text_model. (the projection of text_encoder_2 does not)
+    name = {k: ("text_model." + k if text and not k.startswith("text_projection") else k) for k in module.state_dict()}
+    sd = {name[k]: (v.to(dtype) if dtype else v).contiguous() for k, v in module.state_dict().items()}
+    weights = WEIGHT_NAMES["vae" if component == "tiny_vae" else component]
+    save_file(sd, out / f"{weights}.safetensors", metadata={"format": "pt"})
     return out
 
 
