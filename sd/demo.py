@@ -17,17 +17,17 @@ POST /api/refine, which regenerates that image and refines it (--refine-strength
 --refine-guidance 5, at --refine-size 1024: InstaFlow's demo's defaults; "strength" may come with the request).
 """
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from rectflow.checks import positive_int
 from toy.cli import HelpFormatter
 
-from .checkpoints.loaders import locate
 from .cli import (DTYPES, ERRORS, add_model_args, add_refine_args, check_model_args, check_refine_args, fail, load_edited,
                   refine_kwargs)
 from .sampling.pipeline import check_size, default_sampler
-from .sampling.refiner import load_refiner
+from .sampling.refiner import check_refiner_folder, load_refiner
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -64,13 +64,18 @@ def check_args(ap, args):
         if args.model is None:
             raise ValueError("--refiner refines a --model's images (not the mini's)")
         check_refine_args(args, "refine-")
-        locate(args.refiner)
+        check_refiner_folder(args.refiner)
     if args.model is not None:
         check_size("--size", args.size, 8)
         if args.size > args.max_side:
             raise ValueError(f"--size {args.size} is larger than --max-side {args.max_side}")
         return check_model_args(args)
     return None
+
+
+def stop(signum, frame):
+    """SIGTERM stops the demo as Ctrl-C does (nothing is written to disk, so nothing is left half-done)."""
+    raise KeyboardInterrupt
 
 
 def main(argv=None):
@@ -97,14 +102,19 @@ def main(argv=None):
     if args.host not in LOCAL:
         print(f"warning: bound to {args.host}: other machines can reach this demo", file=sys.stderr)
     what = f"{args.dtype} on {dev}" if args.model else "the mini's teacher, 2-RF and student"
-    print(f"demo of {backend.info()['model']} ({what}) at http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:"
-          f"{port}/  (Ctrl-C stops it)", flush=True)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # a script's background job starts with it ignored
+        signal.signal(signal.SIGTERM, stop)
+        print(f"demo of {backend.info()['model']} ({what}) at http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:"
+              f"{port}/  (Ctrl-C stops it)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopped", flush=True)
     finally:
         server.server_close()
+        for s, handler in before.items():
+            signal.signal(s, handler)
     return 0
 
 

@@ -8,6 +8,8 @@ import io
 import json
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -34,8 +36,8 @@ def png(data_url):
     return (matplotlib.image.imread(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1])))[..., :3] * 255).round()
 
 
-def serve(backend, queue=4):
-    server = make_server(backend, port=0, queue=queue, quiet=True)
+def serve(backend, queue=4, **kw):
+    server = make_server(backend, port=0, queue=queue, **{"quiet": True, **kw})
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -174,6 +176,67 @@ def test_a_large_declared_length_is_refused_without_waiting_for_the_body(tiny):
     assert code == 413 and f"at most {MAX_BODY}" in json.loads(answer)["error"]
 
 
+@pytest.fixture(scope="module")
+def impatient(tiny):
+    """The tiny model behind a server that gives a client 1 s to send its request, and logs."""
+    server, url = serve(PipelineBackend(load_pipeline(tiny[0]), "tiny", steps=1, size=32, max_side=256),
+                        request_timeout=1.0, quiet=False)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def half_request(url, declared=100, sent=b'{"prompt": "a'):
+    """A POST that declares `declared` bytes of body and sends only `sent`: the socket, left open."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % declared + sent)
+    return s
+
+
+def test_slow_clients_time_out_and_do_not_stop_others(impatient):
+    """Twenty clients that never finish their body: the others are served meanwhile, and each slow one gets a
+    408 after the server's timeout (1 s here), its thread freed."""
+    slow = [half_request(impatient) for _ in range(20)]
+    try:
+        assert call(impatient + "/api/info")[0] == 200
+        t0 = time.perf_counter()
+        answers = [s.recv(4096) for s in slow]
+        assert all(a.split(b"\r\n")[0].endswith(b"408 Request Timeout") for a in answers), answers[0][:100]
+        assert time.perf_counter() - t0 < 8
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_a_client_that_vanishes_leaves_one_log_line(impatient, capfd):
+    """A client that resets its connection before the answer: the server says so in one line, no traceback."""
+    host, port = impatient.removeprefix("http://").split(":")
+    body = json.dumps({"prompt": "a cat", **SIZE}).encode()
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))      # close = reset, at once
+    s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    s.close()
+    err = ""
+    for _ in range(300):                                       # the generation ends, then its answer meets the reset
+        err += capfd.readouterr().err
+        if "went away" in err:
+            break
+        time.sleep(0.1)
+    assert "client went away" in err and "Traceback" not in err, err[-2000:]
+
+
+def test_an_oversized_body_still_being_sent_gets_its_413(tiny):
+    """8 MiB sent in full by a client that reads the answer only then: the server answers 413 at once and drains
+    the body, so the client reads the answer instead of a reset connection."""
+    code, answer = raw_request(tiny[1], "POST", "/api/generate", [("Content-Type", "application/json"),
+                                                                    ("Content-Length", str(8 * 2**20))],
+                               body=b" " * (8 * 2**20))
+    assert code == 413 and f"at most {MAX_BODY}" in json.loads(answer)["error"]
+
+
 class Slow:
     """A backend whose generation takes 0.3 s: a burst then surely finds the one running and the queue full."""
 
@@ -240,6 +303,23 @@ def test_cli_serves_warns_for_another_host_and_stops_on_ctrl_c(tiny):
     assert p.returncode == 0 and "stopped" in out and "other machines can reach this demo" in err
 
 
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT from a background script"])
+def test_cli_stops_cleanly_on_sigterm_and_on_sigint_when_started_in_the_background(tiny, how):
+    """A script's `python -m sd.demo ... &` starts with SIGINT ignored: kill -INT must still stop it, and so must
+    kill -TERM, each with "stopped" and exit 0."""
+    p = subprocess.Popen([sys.executable, "-m", "sd.demo", "--model", str(tiny[0]), "--port", "0", "--size", "32"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        line = p.stdout.readline()
+        assert "demo of" in line, line + p.stderr.read()
+        p.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 0 and "stopped" in out and "Traceback" not in err, err[-2000:]
+
+
 @pytest.fixture(scope="module")
 def mini(mini_fast):
     server, url = serve(MiniBackend(mini_fast[0]))           # the session's `sd.mini --fast` run (conftest)
@@ -251,6 +331,10 @@ def mini(mini_fast):
 def test_mini_mode_answers_with_three_models(mini):
     info = json.loads(call(mini + "/api/info")[1])
     assert info["mode"] == "mini" and len(info["models"]) == 3 and info["defaults"]["height"] == 16
+    assert info["limits"]["fields"] == ["prompt", "seed"] and "steps" not in info["limits"]   # what it takes, only
+    for field, value in (("steps", 4), ("guidance", 2.0), ("height", 32), ("negative_prompt", "blurry")):
+        code, answer = call(mini + "/api/generate", {"prompt": "a red circle", field: value})
+        assert code == 400 and json.loads(answer)["error"].startswith(f"{field}: not taken here (--mini"), answer
     answer = json.loads(call(mini + "/api/generate", {"prompt": "a red circle at the top left", "seed": 1})[1])
     assert [r["model"] for r in answer["images"]] == info["models"]
     images = [png(r["image"]) for r in answer["images"]]

@@ -1,7 +1,7 @@
 """What the demo server generates with: a Pipeline (InstaFlow, 2-RF, SD, sd.tiny, ...), or the mini
 InstaFlow's three models side by side. Each backend has info(), limits() and generate(params) -> dict
 with PNG data URLs (a Pipeline with an SDXL Refiner also refine(params)); the server (sd/web/server.py)
-has checked `params` against limits() first."""
+has checked `params` against limits() first, which also names the fields a backend takes."""
 import base64
 import io
 import json
@@ -44,7 +44,8 @@ class PipelineBackend:
                 "refine_defaults": self.refine_defaults if self.pipe.refiner is not None else None}
 
     def limits(self):
-        return {"prompt_chars": PROMPT_CHARS, "steps": (1, 50), "guidance": (0.0, 30.0), "side": (16, self.max_side),
+        return {"fields": ["prompt", "negative_prompt", "seed", "steps", "guidance", "height", "width"],
+                "prompt_chars": PROMPT_CHARS, "steps": (1, 50), "guidance": (0.0, 30.0), "side": (16, self.max_side),
                 "multiple": 8}
 
     def _generate(self, params):
@@ -95,7 +96,8 @@ class MiniBackend:
                 "defaults": {"height": self.size, "width": self.size}, "models": [m[0] for m in self.models]}
 
     def limits(self):
-        return {"prompt_chars": 200, "steps": (1, 50), "guidance": (0.0, 30.0), "side": (16, 1024), "multiple": 8}
+        return {"fields": ["prompt", "seed"], "prompt_chars": 200,
+                "fixed": "--mini: each model samples with its own steps, guidance and size, without a negative prompt"}
 
     @torch.no_grad()
     def generate(self, params):

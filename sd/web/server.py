@@ -8,11 +8,16 @@
                                   reaches the file system
 
 Safe by default: one generation at a time (a lock), at most `queue` more waiting (503 beyond), bodies
-capped (413), every field checked (400 with {"error": "..."} naming the field), unknown paths 404.
+capped (413, answered before the body is read, which is then drained so that the client reads the answer),
+every field checked (400 with {"error": "..."} naming the field; a backend that cannot honour a field, the mini's
+steps, refuses it by name), unknown paths 404, a request whose body is slow or never comes timed out (408),
+a client that went away one log line.
 """
 import json
 import math
+import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,8 +26,8 @@ STATIC = Path(__file__).with_name("static")
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
          "/demo.js": ("demo.js", "text/javascript; charset=utf-8"), "/demo.css": ("demo.css", "text/css; charset=utf-8")}
 MAX_BODY = 16 * 1024
+DRAIN = 64 * 2**20          # at most this much of a refused body is read (and dropped) so its client sees the 413
 FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "height", "width")
-ROUTES = {"/api/generate": FIELDS, "/api/refine": FIELDS + ("strength",)}
 
 
 class BadRequest(ValueError):
@@ -53,8 +58,8 @@ def _number(body, name, lo, hi, low_open=False):
 
 def parse_request(raw, limits, fields=FIELDS):
     """The checked parameters of a /api/generate (or /api/refine: `fields` with "strength") body (bytes).
-    limits: prompt_chars, steps (lo, hi), guidance (lo, hi), side (lo, hi), multiple. Raises BadRequest
-    naming the field."""
+    limits: prompt_chars, and steps (lo, hi), guidance (lo, hi), side (lo, hi), multiple for the fields taken;
+    "fixed": why the fields a backend does not take are fixed. Raises BadRequest naming the field."""
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -62,6 +67,8 @@ def parse_request(raw, limits, fields=FIELDS):
     if not isinstance(body, dict):
         raise BadRequest("body: a JSON object is needed")
     unknown = sorted(set(body) - set(fields))
+    if unknown and unknown[0] in FIELDS and "fixed" in limits:
+        raise BadRequest(f"{unknown[0]}: not taken here ({limits['fixed']}); valid: {', '.join(fields)}")
     if unknown:
         raise BadRequest(f"{unknown[0]}: unknown field (valid: {', '.join(fields)})")
     out = {}
@@ -110,12 +117,17 @@ class Gate:
             self.slots.release()
 
 
-def make_server(backend, host="127.0.0.1", port=7860, queue=4, quiet=False):
-    """A ThreadingHTTPServer serving `backend` (info() -> dict, limits() -> dict, generate(params) -> dict)."""
+def make_server(backend, host="127.0.0.1", port=7860, queue=4, quiet=False, request_timeout=30.0):
+    """A ThreadingHTTPServer serving `backend` (info() -> dict, limits() -> dict with "fields", the fields its
+    generate takes, generate(params) -> dict). request_timeout: seconds a client may take to send its request's
+    body (and each read of its headers)."""
     gate = Gate(queue)
+    fields = tuple(backend.limits()["fields"])
+    routes = {"/api/generate": fields, "/api/refine": fields + ("strength",)}
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "rectflow-demo"
+        timeout = request_timeout          # the socket's, for every read and write
 
         def log_message(self, fmt, *args):
             if not quiet:
@@ -141,7 +153,7 @@ def make_server(backend, host="127.0.0.1", port=7860, queue=4, quiet=False):
 
         def do_POST(self):
             route = self.path.split("?", 1)[0]
-            if route not in ROUTES or (route == "/api/refine" and not backend.info().get("refiner")):
+            if route not in routes or (route == "/api/refine" and not backend.info().get("refiner")):
                 return self.send(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: not found (POST /api/generate"
                                                                  + (", /api/refine)" if backend.info().get("refiner") else ")")})
             try:
@@ -152,10 +164,16 @@ def make_server(backend, host="127.0.0.1", port=7860, queue=4, quiet=False):
                 return self.send(HTTPStatus.BAD_REQUEST, {"error": "Content-Length: not a length"})
             if n > MAX_BODY:
                 self.close_connection = True
-                return self.send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                 {"error": f"body: {n} bytes; at most {MAX_BODY}"})
+                self.send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body: {n} bytes; at most {MAX_BODY}"})
+                return self.drain(min(n, DRAIN))
             try:
-                params = parse_request(self.rfile.read(n), backend.limits(), ROUTES[route])
+                raw = self.read_body(n)
+            except TimeoutError:
+                self.close_connection = True
+                return self.send(HTTPStatus.REQUEST_TIMEOUT,
+                                 {"error": f"body: not received within {request_timeout:g} s"})
+            try:
+                params = parse_request(raw, backend.limits(), routes[route])
             except BadRequest as e:
                 return self.send(e.status, {"error": str(e)})
             if not gate.enter():
@@ -167,7 +185,45 @@ def make_server(backend, host="127.0.0.1", port=7860, queue=4, quiet=False):
             except (ValueError, RuntimeError) as e:           # the model's own refusal (a size it cannot take, ...)
                 self.send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
 
-    server = ThreadingHTTPServer((host, port), Handler)
+        def read_body(self, n, keep=True):
+            """n bytes of body within one deadline for all of it (a client trickling bytes cannot hold the thread);
+            keep=False drops them. Raises TimeoutError at the deadline."""
+            end, parts = time.monotonic() + request_timeout, []
+            try:
+                while n > 0:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    self.connection.settimeout(left)
+                    chunk = self.rfile.read1(min(n, 1 << 16))
+                    if not chunk:
+                        break
+                    if keep:
+                        parts.append(chunk)
+                    n -= len(chunk)
+            finally:
+                self.connection.settimeout(request_timeout)
+            return b"".join(parts)
+
+        def drain(self, n):
+            """Read and drop up to n bytes of a refused body (until the client stops sending, or the deadline), so
+            that closing does not reset the connection under an answer the client has not read yet."""
+            try:
+                self.read_body(n, keep=False)
+            except OSError:                        # TimeoutError included: the answer is out, the client may go
+                pass
+
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            """A client that went away (reset, broken pipe) is one log line, not a traceback."""
+            kind = sys.exc_info()[0]
+            if kind is not None and issubclass(kind, (ConnectionError, TimeoutError)):
+                if not quiet:
+                    print(f"{client_address[0]} - client went away ({kind.__name__})", file=sys.stderr, flush=True)
+                return
+            super().handle_error(request, client_address)
+
+    server = Server((host, port), Handler)
     server.daemon_threads = True
     server.block_on_close = False          # closing (Ctrl-C) does not wait for a request thread that may hang
     return server
