@@ -11,7 +11,6 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 
 def test_fused_step_on_cuda_equals_eager():
-    pytest.importorskip("diffusers")                        # tests.test_pipeline needs it at import
     from tests.compiled import check_compiled_step
     check_compiled_step("cuda", sizes=(8, 64))
 

@@ -296,7 +296,7 @@ def test_export_is_a_model_folder_for_us_and_diffusers(reflow_folder, reflow_dat
 
 def test_cli_errors_exit_2_with_one_line(reflow_folder, tmp_path):
     r = cli("train", "--init", reflow_folder, "--data", tmp_path / "nothing", "--out", tmp_path / "o")
-    assert r.returncode == 2 and "no manifest.json: not a triplet reflow_folder" in r.stderr
+    assert r.returncode == 2 and "no manifest.json: not a triplet folder" in r.stderr
     r = cli("export", "--run", tmp_path / "o", "--init", reflow_folder, "--out", tmp_path / "x")
     assert r.returncode == 2 and "no checkpoint" in r.stderr
     (tmp_path / "p.txt").write_text("\n\n")

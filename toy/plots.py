@@ -16,8 +16,6 @@ def _limits(ax, target):
     ax.set_yticks([])
 
 
-
-
 def plot_samples(res, path=None, note=None, stages=None, steps=None,
                  title="samples of each model after N Euler steps (colour) over samples of the target (grey)"):
     """Rows: stages; columns: Euler steps (or each method's own N-step rule). Grey: target samples;

@@ -101,6 +101,9 @@ def check_run(out, cfg):
     out, want = Path(out), json.loads(json.dumps(asdict(cfg)))
     record = out / "config.json"
     if not record.exists():
+        if latest_checkpoint(out / "teacher") is not None:
+            raise MiniRunError(f"{out} holds checkpoints but no config.json (the record a run starts with): use "
+                               f"another --out or delete it")
         return
     have = json.loads(record.read_text())
     kind = MiniConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in have.items()}).mode

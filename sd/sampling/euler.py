@@ -32,9 +32,9 @@ def cfg_euler_step(latents, v, guidance: float, dt: float, cfg: bool):
 
 
 def compile_step(**compile_kwargs):
-    """cfg_euler_step compiled (fullgraph), one entry point with CFG and one without: each has its own budget of
-    Dynamo's 8 recompiles (dtypes and batch size 1 each cost one). dynamic=True makes the step size, the guidance
-    and the shapes symbols, so many step counts, scales and sizes share a few kernels instead of one each."""
+    """cfg_euler_step compiled (fullgraph), one entry point with CFG and one without, so that the two do not share
+    one budget of Dynamo's 8 recompiles (dtypes and batch size 1 each cost one). dynamic=True makes the step size,
+    the guidance and the shapes symbols: many step counts, scales and sizes share a few kernels, not one each."""
     kw = dict(fullgraph=True, dynamic=True, **compile_kwargs)
     guided = torch.compile(lambda latents, v, guidance, dt: cfg_euler_step(latents, v, guidance, dt, True), **kw)
     plain = torch.compile(lambda latents, v, dt: cfg_euler_step(latents, v, 1.0, dt, False), **kw)

@@ -24,7 +24,7 @@ import torch
 from rectflow.checks import positive_int
 
 from ..checkpoints.images import ImageError, resize, to_model_range
-from ..checkpoints.loaders import locate, load_text_encoder, load_tiny_vae, load_unet, load_vae
+from ..checkpoints.loaders import check_model_folder, load_text_encoder, load_tiny_vae, load_unet, load_vae
 from ..controlnet.control import control_tensor, controlled
 from ..controlnet.model import misfits
 from ..edits import deltas, lora
@@ -101,9 +101,12 @@ class OnUNet:
         if not compile:
             return fn
         mode = compile if isinstance(compile, str) else "default"
+        if fn is cfg_euler_step:               # element-wise: a CUDA graph of it would hand back graph-owned latents
+            mode = "default"
         if (mode, fn) not in self._compiled:
             kw = compile_kwargs(mode, self.device, self.dtype)
-            self._compiled[mode, fn] = compile_step(**kw) if fn is cfg_euler_step else torch.compile(fn, fullgraph=True, **kw)
+            self._compiled[mode, fn] = compile_step(**kw) if fn is cfg_euler_step else torch.compile(fn, fullgraph=True,
+                                                                                                   **kw)
         return self._compiled[mode, fn]
 
     @property
@@ -276,10 +279,10 @@ class Pipeline(OnUNet):
         prompts, negatives = self._prompts(prompt, negative_prompt, batch)
         init, height, width = self._check_call(len(prompts), steps, sampler, height, width, init_image, strength)
         controls = self._controls(controlnet, control_image, control_scale, height, width, len(prompts))
+        latents = self.noise_latents(latents, len(prompts), height, width, seed)
         timer = Timer(self.device, steps, sampler, progress)
         with timer("text_encoder"):
             context = self._context(prompts, negatives, guidance)
-        latents = self.noise_latents(latents, len(prompts), height, width, seed)
         t0 = 0.0
         if init is not None:
             t0, latents = self.img2img_start(init, latents, strength)
@@ -352,7 +355,7 @@ def load_pipeline(path, dtype=None, device="cpu", variant=None, config=None, tin
     sd.models.tokenizer.load_tokenizer). `config` may hold
     overrides per component, {"unet": {...}, "vae": {...}, "text_encoder": {...}}. tiny_vae: a TAESD folder
     (sd/models/tiny_vae.py) that replaces the VAE, for decoding and encoding (fast previews)."""
-    path = locate(path)                                    # a path, or an "owner/name" id in the HF cache
+    path = check_model_folder(path)                        # a path, or an "owner/name" id in the HF cache
     config = config or {}
     kw = dict(dtype=dtype, device=device, variant=variant)
     unet = load_unet(path, config=config.get("unet"), **kw)

@@ -23,10 +23,10 @@ import importlib
 import torch
 
 from rectflow.consistency import consistency_loss
-from rectflow.flow import append_dims, rf_loss, sample_time
-from rectflow.flow import mse as l2
+from rectflow.flow import append_dims, rf_loss, sample_time, mse as l2
 
-from ..sampling.loop import guided_model, rf_timestep
+from ..sampling.euler import rf_timestep
+from ..sampling.loop import guided_model
 from ..sampling.samplers import eps_velocity, sd_alphas_cumprod
 
 OBJECTIVES = ("eps", "reflow", "distill", "consistency")

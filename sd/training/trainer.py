@@ -209,6 +209,8 @@ def read_checkpoint(path):
     f = SafeOpen(path)
     meta = f.metadata()
     for k in ("config", "unet_config", "scaler"):
+        if k not in meta:
+            raise ValueError(f"{path}: not a checkpoint of this trainer (no {k!r} in its metadata)")
         meta[k] = json.loads(meta[k])
     return {k: f.get_tensor(k) for k in f.keys()}, meta
 

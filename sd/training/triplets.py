@@ -239,6 +239,9 @@ def _manifest(folder):
         manifest = json.loads(f.read_text())
     except ValueError as e:
         raise TripletError(f"{f}: not JSON ({e})") from None
+    missing = [k for k in ("noise", "latent_dtype", "shards") if k not in manifest]
+    if missing:
+        raise TripletError(f"{f}: not a manifest of `python -m sd.reflow generate` (no {', '.join(missing)})")
     keys = stored_keys(manifest)
     missing = [s["file"] for s in manifest["shards"] if not shard_complete(folder / s["file"], s["count"], keys)]
     if missing:
