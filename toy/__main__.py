@@ -5,7 +5,7 @@ inverting then regenerating the target points, and writes metrics.json, samples.
 
 python -m toy compare: interpolations (linear, VP, cosine), couplings (independent, minibatch OT,
 reflow) and one-step students side by side on one budget (toy/compare.py); writes compare.json,
-samples.npz, w2_vs_steps.png, straightness.png, trajectories.png to --out.
+samples.npz, w2_vs_steps.png, straightness.png, trajectories.png, few_step_samples.png to --out.
 """
 import argparse
 import json
