@@ -29,8 +29,9 @@ __all__ = ["DTYPES", "ERRORS", "IMAGE_SUFFIXES", "HelpFormatter", "device_of", "
 
 
 def fail(error):
-    """Print a user's error as one line and return the exit code 2."""
-    print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+    """Print a user's error as one line (a message of several lines joined, never cut) and return the exit code 2."""
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    print(f"error: {text.replace(':;', ':')}", file=sys.stderr)
     return 2
 
 
