@@ -23,8 +23,9 @@ from rectflow.checks import positive_int
 from .checkpoints.images import fit, read_image
 from .checkpoints.loaders import CheckpointError, holds, locate
 from .checkpoints.safetensors_io import load_file
-from .cli import (DTYPES, ERRORS, HelpFormatter, add_model_args, add_refine_args, check_file, check_model_args, check_out,
-                  check_refine_args, check_sizes, fail, load_edited, print_times, refine_kwargs, save_png, IMAGE_SUFFIXES)
+from .cli import (DTYPES, ERRORS, IMAGE_SUFFIXES, HelpFormatter, add_model_args, add_refine_args, check_file,
+                  check_model_args, check_out, check_refine_args, check_sizes, fail, load_edited, print_times,
+                  refine_kwargs, save_png)
 from .controlnet import canny, load_controlnet
 from .sampling.pipeline import PipelineError, default_sampler
 from .sampling.refiner import check_refiner_folder, load_refiner

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from .checkpoints.images import fit, read_image, resize
-from .cli import (DTYPES, ERRORS, HelpFormatter, add_refine_args, check_out, check_refine_args, device_of, fail,
-                  print_times, refine_kwargs, save_png, IMAGE_SUFFIXES)
+from .cli import (DTYPES, ERRORS, IMAGE_SUFFIXES, HelpFormatter, add_refine_args, check_out, check_refine_args, device_of, fail,
+                  print_times, refine_kwargs, save_png)
 from .sampling.refiner import load_refiner
 
 

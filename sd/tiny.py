@@ -82,12 +82,7 @@ def write_model(root, seed=0):
     save_component(unet, model / "unet", "unet")
     save_component(vae, model / "vae", "vae")
     save_component(text, model / "text_encoder", "text_encoder")
-    tok = model / "tokenizer"
-    tok.mkdir(parents=True, exist_ok=True)
-    (tok / "vocab.json").write_text(json.dumps(vocab))
-    (tok / "merges.txt").write_text("#version: 0.2\n")
-    (tok / "tokenizer_config.json").write_text(json.dumps({"bos_token": BOS, "eos_token": EOS, "pad_token": EOS,
-                                                           "model_max_length": 77}))
+    write_vocabulary(model / "tokenizer")
     (model / "scheduler").mkdir(exist_ok=True)
     (model / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
     (model / "model_index.json").write_text(json.dumps({

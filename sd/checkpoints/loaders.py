@@ -102,21 +102,25 @@ OTHER_KINDS = {"ControlNetModel": "a ControlNet folder (give it to --controlnet)
                "StableDiffusionXLPipeline": "an SDXL base folder (not supported: SD 1.x models and InstaFlow's)"}
 
 
+def read_json(f):
+    """A config file's JSON, or a CheckpointError naming the file."""
+    try:
+        return json.loads(Path(f).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{f}: cannot be read as JSON ({e})") from None
+
+
 def check_model_folder(path):
     """A --model that is a folder of another kind (a ControlNet, a TAESD, a refiner, a model's unet/, ...) is
     refused in one line naming what it is, from its config alone (nothing loads). Returns the located path."""
     path = locate(path)
-    for f in (path / "model_index.json", path / "config.json"):
-        if path.is_dir() and f.is_file():
-            try:
-                cfg = json.loads(f.read_text())
-            except ValueError as e:
-                raise CheckpointError(f"{f}: not JSON ({e})") from None
-            name = cfg.get("_class_name") or (cfg.get("architectures") or [None])[0]
-            if name in OTHER_KINDS:
-                raise CheckpointError(f"{path}: {OTHER_KINDS[name]}, not an SD model folder (model_index.json, unet/, "
-                                      f"vae/, text_encoder/, tokenizer/)")
-            return path
+    config = next((f for f in (path / "model_index.json", path / "config.json") if f.is_file()), None)
+    if config is not None:
+        cfg = read_json(config)
+        name = cfg.get("_class_name") or (cfg.get("architectures") or [None])[0]
+        if name in OTHER_KINDS:
+            raise CheckpointError(f"{path}: {OTHER_KINDS[name]}, not an SD model folder (model_index.json, unet/, "
+                                  f"vae/, text_encoder/, tokenizer/)")
     return path
 
 

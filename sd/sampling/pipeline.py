@@ -96,18 +96,25 @@ class OnUNet:
     a mode name ("default", "reduce-overhead": CUDA graphs on a GPU, "max-autotune") picks that mode."""
 
     def compiled(self, fn, compile):
-        """`fn` (a network, a method such as vae.decode, or cfg_euler_step) compiled once per mode (fullgraph),
-        or `fn` itself when compile is False."""
+        """`fn` (a network, or a method such as vae.decode) compiled once per mode (fullgraph), or `fn` itself when
+        compile is False."""
         if not compile:
             return fn
         mode = compile if isinstance(compile, str) else "default"
-        if fn is cfg_euler_step:               # element-wise: a CUDA graph of it would hand back graph-owned latents
-            mode = "default"
         if (mode, fn) not in self._compiled:
             kw = compile_kwargs(mode, self.device, self.dtype)
-            self._compiled[mode, fn] = compile_step(**kw) if fn is cfg_euler_step else torch.compile(fn, fullgraph=True,
-                                                                                                   **kw)
+            self._compiled[mode, fn] = torch.compile(fn, fullgraph=True, **kw)
         return self._compiled[mode, fn]
+
+    def euler_step(self, compile):
+        """cfg_euler_step, or its compile_step form, in the same cache: always in mode "default", whatever the
+        networks' mode (element-wise: a CUDA graph of it would hand back graph-owned latents)."""
+        if not compile:
+            return cfg_euler_step
+        key = ("default", cfg_euler_step)
+        if key not in self._compiled:
+            self._compiled[key] = compile_step(**compile_kwargs("default", self.device, self.dtype))
+        return self._compiled[key]
 
     @property
     def device(self):
@@ -290,7 +297,7 @@ class Pipeline(OnUNet):
         if controls:
             unet = controlled(unet, [(self.compiled(net, compile), cond, s) for net, cond, s in controls])
         timer.start_steps()
-        latents = sample(unet, context, latents, steps, guidance, sampler, self.compiled(cfg_euler_step, compile),
+        latents = sample(unet, context, latents, steps, guidance, sampler, self.euler_step(compile),
                          callback=timer.step, t0=t0)
         with timer("vae"):
             images = self.decode(latents, compile)
@@ -307,7 +314,7 @@ class Pipeline(OnUNet):
         init, height, width = self._check_call(len(prompts), steps, "euler", None, None, image, 1.0)
         x1 = self.encode_image(init).expand(len(prompts), -1, -1, -1)
         return sample(self.compiled(self.unet, compile), self._context(prompts, negatives, guidance), x1, steps,
-                      guidance, "euler", self.compiled(cfg_euler_step, compile), t0=1.0, t1=0.0)
+                      guidance, "euler", self.euler_step(compile), t0=1.0, t1=0.0)
 
     def refine(self, image, prompt, size=1024, **kw):
         """InstaFlow's demo's last step: the SDXL Refiner (set pipe.refiner = load_refiner(...)) on a generated

@@ -16,21 +16,18 @@ It follows diffusers' StableDiffusionXLImg2ImgPipeline on the refiner's folder, 
 5. Euler steps of dx/ds = eps_hat with CFG  eps = eps_neg + w (eps_text - eps_neg);
 6. decode z / scaling_factor (the VAE runs in float32 when its config says force_upcast).
 """
-import json
-from pathlib import Path
-
 import torch
 
 from rectflow.checks import positive_int
 
 from ..checkpoints.images import ImageError, to_model_range
-from ..checkpoints.loaders import CheckpointError, load_text_encoder, load_unet, load_vae, locate
+from ..checkpoints.loaders import CheckpointError, load_text_encoder, load_unet, load_vae, locate, read_json
 from ..models.clip import TextEncoderWithProjection
 from ..models.tokenizer import load_tokenizer
 from .euler import guide
 from .pipeline import OnUNet, Output, PipelineError, to_uint8
-from .timer import Timer
 from .samplers import add_noise, euler_discrete_schedule, img2img_start, sample_euler_discrete, sd_alphas_cumprod
+from .timer import Timer
 
 # scheduler_config.json fields this sampler implements, and the values it supports
 SCHEDULER = dict(_class_name="EulerDiscreteScheduler", beta_schedule="scaled_linear", prediction_type="epsilon",
@@ -142,13 +139,6 @@ class Refiner(OnUNet):
         return Output(to_uint8(images), latents if return_latents else None, timer.close())
 
 
-def _read_json(f):
-    try:
-        return json.loads(Path(f).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{f}: cannot be read as JSON ({e})") from None
-
-
 def check_scheduler(cfg, where):
     """Refuse a scheduler config this sampler does not implement, naming each field."""
     bad = [f"{k}={cfg[k]!r} (supported: {v!r})" for k, v in SCHEDULER.items() if k in cfg and cfg[k] != v]
@@ -164,14 +154,14 @@ def check_refiner_folder(path):
         raise CheckpointError(f"{path}: the refiner loads from its diffusers folder (model_index.json, unet/, vae/, "
                               f"text_encoder_2/, tokenizer_2/, scheduler/); the single-file sd_xl_refiner_1.0.safetensors "
                               f"is not supported")
-    index = _read_json(path / "model_index.json") if (path / "model_index.json").exists() else None
+    index = read_json(path / "model_index.json") if (path / "model_index.json").exists() else None
     if index is None or not index.get("text_encoder_2") or not (path / "text_encoder_2").is_dir():
         raise CheckpointError(f"{path}: not an SDXL refiner folder (needs model_index.json naming text_encoder_2, "
                               f"and unet/, vae/, text_encoder_2/, tokenizer_2/, scheduler/; e.g. "
                               f"`huggingface-cli download stabilityai/stable-diffusion-xl-refiner-1.0`)")
     if index.get("text_encoder") and index["text_encoder"][0] is not None:
         raise CheckpointError(f"{path}: an SDXL base folder (it has text_encoder/ too): only the refiner is supported")
-    sched = _read_json(path / "scheduler" / "scheduler_config.json") if (path / "scheduler").is_dir() else {}
+    sched = read_json(path / "scheduler" / "scheduler_config.json") if (path / "scheduler").is_dir() else {}
     check_scheduler(sched, path / "scheduler" / "scheduler_config.json")
     return path, index, sched
 

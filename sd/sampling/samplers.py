@@ -162,5 +162,3 @@ def sample_euler_discrete(eps_model, x, timesteps, sigmas, callback=None):
         if callback:
             callback(i, x)
     return x
-
-

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .server import FIELDS
+
 PROMPT_CHARS = 1000
 
 
@@ -44,8 +46,7 @@ class PipelineBackend:
                 "refine_defaults": self.refine_defaults if self.pipe.refiner is not None else None}
 
     def limits(self):
-        return {"fields": ["prompt", "negative_prompt", "seed", "steps", "guidance", "height", "width"],
-                "prompt_chars": PROMPT_CHARS, "steps": (1, 50), "guidance": (0.0, 30.0), "side": (16, self.max_side),
+        return {"fields": list(FIELDS), "prompt_chars": PROMPT_CHARS, "steps": (1, 50), "guidance": (0.0, 30.0), "side": (16, self.max_side),
                 "multiple": 8}
 
     def _generate(self, params):
