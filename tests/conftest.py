@@ -1,8 +1,15 @@
+import fcntl
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# CI runs the suite on two pytest-xdist workers over two cores: one thread each (and in the commands they
+# start), as two processes of two OpenMP threads on two cores slow each other several times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,16 +52,35 @@ def refiner(tmp_path_factory):
     return tiny_refiner_folder(tmp_path_factory.mktemp("refiner"))
 
 
+def once_per_run(tmp_path_factory, name, make):
+    """The folder `name`, filled by `make(folder)` once per test run: under pytest-xdist the first worker to ask
+    makes it while the others wait on a lock, then all read it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent                   # the workers' base folders share this parent
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / f"{name}.done").exists():
+            folder.mkdir()
+            make(folder)
+            (root / f"{name}.done").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def mini_fast(tmp_path_factory):
-    """One `python -m sd.mini --fast` run for the session: (its folder, the finished process). test_mini checks
-    it (and reruns it in place); test_demo serves it, reading only."""
+    """One `python -m sd.mini --fast` run for the whole test run: its folder `run` and its standard output in
+    `stdout.txt`. Read only: test_mini checks it (and reruns a copy), test_demo serves it."""
     import subprocess
-    out = tmp_path_factory.mktemp("mini-fast") / "run"
-    r = subprocess.run([sys.executable, "-m", "sd.mini", "--fast", "--out", str(out)], capture_output=True, text=True,
-                       cwd=ROOT, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, r
+
+    def make(folder):
+        r = subprocess.run([sys.executable, "-m", "sd.mini", "--fast", "--out", str(folder / "run")],
+                           capture_output=True, text=True, cwd=ROOT, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        (folder / "stdout.txt").write_text(r.stdout)
+
+    return once_per_run(tmp_path_factory, "mini-fast", make)
 
 
 @pytest.fixture(scope="module")

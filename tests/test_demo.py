@@ -322,7 +322,7 @@ def test_cli_stops_cleanly_on_sigterm_and_on_sigint_when_started_in_the_backgrou
 
 @pytest.fixture(scope="module")
 def mini(mini_fast):
-    server, url = serve(MiniBackend(mini_fast[0]))           # the session's `sd.mini --fast` run (conftest)
+    server, url = serve(MiniBackend(mini_fast / "run"))           # the session's `sd.mini --fast` run (conftest)
     yield url
     server.shutdown()
     server.server_close()

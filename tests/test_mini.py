@@ -1,6 +1,7 @@
 """The mini InstaFlow: its captions, tokenizer and judge, the eps teacher as a flow, and a --fast run."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -52,12 +53,13 @@ def test_the_eps_teacher_as_a_velocity_field_is_exact_for_a_point_mass():
     assert torch.allclose(eps_velocity(eps_model)(X, t), x_star - x0, atol=1e-4)
 
 
-def test_mini_fast_runs_every_stage_and_resumes(mini_fast):
+def test_mini_fast_runs_every_stage_and_resumes(mini_fast, tmp_path):
     from sd.mini.run import MiniConfig
     from sd.training.trainer import latest_checkpoint
-    tmp_path, r = mini_fast                     # the session's fast run (tests/conftest.py)
-    cmd = [sys.executable, "-m", "sd.mini", "--fast", "--out", str(tmp_path)]
-    m = json.loads((tmp_path / "metrics.json").read_text())
+    run = shutil.copytree(mini_fast / "run", tmp_path / "run")   # the session's fast run (tests/conftest.py), copied:
+    stdout = (mini_fast / "stdout.txt").read_text()               # the rerun below writes in its folder
+    cmd = [sys.executable, "-m", "sd.mini", "--fast", "--out", str(run)]
+    m = json.loads((run / "metrics.json").read_text())
     fast = MiniConfig.fast()
     assert m["config"] == json.loads(json.dumps(asdict(fast)))
     names = ["teacher, 4 steps", "teacher, 1 step", "teacher, 2 steps", "2-RF, 1 step", "2-RF, 2 steps", "2-RF, 4 steps",
@@ -71,7 +73,7 @@ def test_mini_fast_runs_every_stage_and_resumes(mini_fast):
         assert f * fast.eval_samples == round(f * fast.eval_samples) and f <= min(m[k]["colour"], m[k]["position"])
         assert (k == "teacher, 4 steps") == (m[k]["mse_to_teacher"] == 0)
     assert set(m["straightness"]) == {"teacher", "2-RF", "distilled 2-RF"} and all(v > 0 for v in m["straightness"].values())
-    assert (tmp_path / "grid.png").stat().st_size > 1000 and (tmp_path / "edit.png").stat().st_size > 1000
+    assert (run / "grid.png").stat().st_size > 1000 and (run / "edit.png").stat().st_size > 1000
     assert list(m["inversion"]) == ["teacher (CFG 3)", "teacher (CFG 1)", "2-RF", "distilled 2-RF (2-RF inverts, 1 step)"]
     assert all(list(r) == ["1", "4"] and all(np.isfinite(list(r.values()))) for r in m["inversion"].values())
     assert len(m["edit"]) == 6 and all(0 <= r["fidelity"] <= 1 and r["centroid_shift_px"] >= 0 for r in m["edit"].values())
@@ -79,26 +81,26 @@ def test_mini_fast_runs_every_stage_and_resumes(mini_fast):
     assert list(ctrl) == [f"{k}, {w} ControlNet" for k in ("teacher, 4 steps", "2-RF, 4 steps", "2-RF, 1 step",
                                                            "distilled 2-RF, 1 step") for w in ("without", "with")]
     assert all(0 <= r["iou"] <= 1 and 0 <= r["judge"] <= r["colour"] <= 1 for r in ctrl.values())
-    assert (tmp_path / "control.png").stat().st_size > 1000
-    assert "distilled 2-RF, 1 step" in r.stdout
+    assert (run / "control.png").stat().st_size > 1000
+    assert "distilled 2-RF, 1 step" in stdout
     assert m["LCM, 1 step"]["sampler"] == "consistency" and m["seconds"]["lcm"] > 0
     for stage, iters in (("teacher", fast.teacher_iters), ("2rf", fast.reflow_iters), ("student", fast.distill_iters),
                          ("lcm", fast.reflow_iters + fast.distill_iters)):       # LCM: the 2-RF's + student's budget
-        assert latest_checkpoint(tmp_path / stage).name == f"step-{iters:07d}.safetensors"   # every step ran
+        assert latest_checkpoint(run / stage).name == f"step-{iters:07d}.safetensors"   # every step ran
     for folder in ("triplets-teacher", "triplets-2rf"):
-        shards = json.loads((tmp_path / folder / "manifest.json").read_text())["shards"]
+        shards = json.loads((run / folder / "manifest.json").read_text())["shards"]
         assert sum(s["count"] for s in shards) == fast.pairs
     # a rerun reuses every finished stage: no checkpoint or shard is written again (every stage is
     # seeded, so equal metrics alone would not show it)
     def stamps():                 # every file but the evaluation's outputs, with its modification time
-        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".png"
+        return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.suffix != ".png"
                 and p.name != "metrics.json"}
     kept = stamps()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0
     assert stamps() == kept and len(kept) == 11   # 4 checkpoints, 2 manifests, 2 shards, the ControlNet, the feature net,
     #                                               config.json
-    m2 = json.loads((tmp_path / "metrics.json").read_text())
+    m2 = json.loads((run / "metrics.json").read_text())
     assert all(m2[k] == m[k] for k in names + ["held-out renders", "straightness", "inversion", "edit", "controlnet"])
 
 

@@ -65,6 +65,13 @@ def test_config_validation():
         run(Config(steps=(1, 0)))
 
 
+def test_config_validation():
+    with pytest.raises(ValueError, match="n_eval \\(300\\) cannot exceed n_samples \\(200\\)"):
+        run(Config(n_samples=200, n_eval=300))
+    with pytest.raises(ValueError, match="steps must be positive integers"):
+        run(Config(steps=(1, 0)))
+
+
 def test_default_run_shows_what_the_paper_shows():
     """The README's claims, on the default configuration (about a minute on 2 cores)."""
     metrics = run(Config(progress=False)).metrics

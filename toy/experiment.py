@@ -165,13 +165,17 @@ def run(cfg: Config) -> Result:
                                                 seed=cfg.seed + 99, desc="distill", **b.fit_kw))
     b.score(f"{last}-distilled", student, (1,), flow=False)
 
-    # Inversion: data -> noise (backwards Euler) -> data, with N steps each way. The one-step student
-    # has no backward map of its own: it is inverted with N backward steps of the flow it was
-    # distilled from, then regenerated in its one step.
-    x1 = b.target[:cfg.n_eval].to(b.dev)
-    inv = b.res.metrics["inversion"] = {}
-    for name, m in b.res.models.items():
-        back = m if name.endswith("-rf") else b.res.models[last]
-        inv[name] = {str(n): rf.reconstruction_error(back, m, x1, n, None if name.endswith("-rf") else 1)
-                     for n in cfg.steps}
+    b.res.metrics["inversion"] = inversion(b.res.models, b.target[:cfg.n_eval].to(b.dev), cfg.steps)
     return b.finish()
+
+
+def inversion(models, x1, steps):
+    """Invert, then generate: data -> noise (backwards Euler) -> data, with N steps each way, for each flow
+    "<k>-rf" and the "<k>-rf-distilled" student in `models`. The one-step student has no backward map of its
+    own: it is inverted with N backward steps of the flow it was distilled from, then regenerated in one step."""
+    inv = {}
+    for name, m in models.items():
+        flow = name.endswith("-rf")
+        back = m if flow else models[name.removesuffix("-distilled")]
+        inv[name] = {str(n): rf.reconstruction_error(back, m, x1, n, None if flow else 1) for n in steps}
+    return inv
