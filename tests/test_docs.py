@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tutorials.clean_outputs import merged_streams, redraws
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOTEBOOKS = sorted((ROOT / "tutorials").glob("*.ipynb"))
@@ -136,8 +138,17 @@ def test_committed_notebook_outputs_are_readable():
     bad = []
     for nb in NOTEBOOKS:
         for cell in json.loads(nb.read_text())["cells"]:
-            for out in cell.get("outputs", []):
-                text = "".join(out.get("text", []))
-                if "\r" in text or "TqdmWarning" in text or re.search(r"/(root|work|home)/", text):
-                    bad.append(f"{nb.name}: {text.strip()[:80]!r}")
+            texts = ["".join(out.get("text", [])) for out in cell.get("outputs", [])]
+            bad += [f"{nb.name}: {t.strip()[:80]!r}" for t in texts
+                    if "\r" in t or "TqdmWarning" in t or re.search(r"/(root|work|home)/", t)]
+            lines = [line for t in texts for line in t.split("\n")]
+            bad += [f"{nb.name}: a redraw of {b[:40]!r}" for a, b in zip(lines, lines[1:]) if redraws(a, b)]
     assert bad == []
+
+
+def test_the_readability_check_sees_progress_bar_redraws():
+    frames = ["1-rf:  10%|█         | 300/3000 [00:02<00:20, 130it/s]", "1-rf:  20%|██        | 600/3000 [00:04<00:17]"]
+    assert redraws(*frames) and not redraws(frames[1], frames[0])             # a new loop starts from fewer steps
+    assert not redraws(frames[0], "2-rf:  20%|██        | 600/3000 [00:04<00:17]")
+    cell = {"outputs": [{"output_type": "stream", "name": "stderr", "text": [f]} for f in frames]}
+    assert ["".join(o["text"]) for o in merged_streams(cell["outputs"])] == ["\r".join(frames)]

@@ -1,8 +1,10 @@
 """python tutorials/clean_outputs.py tutorials/*.ipynb: after executing a notebook in full mode, keep its
-committed outputs readable: each progress bar's final state only (not its hundreds of redraws), and no
-tqdm "IProgress not found" warning (which also shows a path of the machine that ran it).
+committed outputs readable: each progress bar's final state only (not its hundreds of redraws, which Jupyter
+stores as separate outputs), and no tqdm "IProgress not found" warning (which also shows a path of the machine
+that ran it).
 tests/test_docs.py checks the committed notebooks for both."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,12 +28,37 @@ def clean(text):
     return "\n".join(out)
 
 
+BAR = re.compile(r"([^\r\n]*?):\s+\d+%\|[^|]*\|\s*(\d+)/")      # tqdm's "desc:  40%|████  | 1200/3000"
+
+
+def redraws(before, after):
+    """Whether `after` redraws the progress bar that `before` ends with: the same description, not fewer steps."""
+    a, b = BAR.findall(before.rsplit("\n", 1)[-1]), BAR.match(after.lstrip("\r"))
+    return bool(a and b) and a[-1][0] == b[1] and int(b[2]) >= int(a[-1][1])
+
+
+def merged_streams(outputs):
+    """Consecutive outputs of one stream joined into one. Jupyter stores each tqdm redraw as an output of its
+    own: one that redraws the bar before it is joined with a carriage return (which clean() collapses)."""
+    out = []
+    for o in outputs:
+        prev = out[-1] if out else None
+        if o.get("output_type") == "stream" and prev and prev.get("output_type") == "stream" \
+                and prev["name"] == o["name"]:
+            text, new = "".join(prev["text"]), "".join(o["text"])
+            sep = "\r" if redraws(text, new) else ("" if text.endswith("\n") or new.startswith("\r") else "\n")
+            prev["text"] = text + sep + new
+        else:
+            out.append(o)
+    return out
+
+
 def clean_notebook(path):
     p = Path(path)
     nb = json.loads(p.read_text())
     for c in nb["cells"]:
         keep = []
-        for o in c.get("outputs", []):
+        for o in merged_streams(c.get("outputs", [])):
             if o.get("output_type") == "stream":
                 text = clean("".join(o["text"]))
                 if not text.strip():
