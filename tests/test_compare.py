@@ -93,9 +93,7 @@ def test_fast_compare_writes_its_files_and_agrees_with_python_m_toy(tmp_path, ca
                         {"w2": want["w2"], "straightness": want.get("straightness")})
     assert m["w2_floor"] == ref["w2_floor"]                   # no training, no GEMM: exactly
 
-    # same seed, same numbers; and a subset runs with its ancestors, the rows unchanged
-    again = run_compare(CompareConfig.fast(progress=False)).metrics
-    assert_same_run(_without_seconds(again["stages"]), _without_seconds(stages))
+    # a subset runs with its ancestors, the rows unchanged: the same seed gives the same numbers
     subset = run_compare(CompareConfig.fast(progress=False, methods=("cd", "ot"))).metrics["stages"]
     assert list(subset) == ["1-rf", "ot", "cd"]
     assert_same_run(_without_seconds(subset), {k: v for k, v in _without_seconds(stages).items() if k in subset})
@@ -112,8 +110,9 @@ def test_bad_compare_arguments_exit_2():
 
 @pytest.fixture(scope="module")
 def default_result():
-    """`python -m toy compare` at its default configuration (seed 0), all 15 rows: about 12 minutes on 2 cores."""
-    return run_compare(CompareConfig(progress=False))
+    """`python -m toy compare` at its default configuration (seed 0), every row but 1-rf-2x, which no claim reads:
+    about 11 minutes on 2 cores."""
+    return run_compare(CompareConfig(progress=False, methods=tuple(m for m in ALL if m != "1-rf-2x")))
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ output before it loads a model, a user's error is one short line with exit code 
 shows its default, and `python -m sd.tiny` gives every SD command something to run on."""
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -66,20 +67,20 @@ def test_a_fast_toy_run_refuses_a_full_runs_folder_before_training(tmp_path):
     check_not_full(tmp_path / "metrics.json", fast=True)
 
 
-def test_mini_folders_keep_their_configuration(tmp_path):
+def test_mini_folders_keep_their_configuration(tmp_path, mini_fast):
     """A fast run's folder is refused by a full run (CLI: one line, exit 2, before any training) and by the
     notebooks' load_models(OUT, cfg)."""
     from sd.mini.run import MiniConfig, MiniRunError, load_models
-    r = run("sd.mini", "--fast", "--out", tmp_path)
-    assert r.returncode == 0 and r.stdout.startswith("FAST MODE"), r.stderr[-2000:]
-    assert json.loads((tmp_path / "metrics.json").read_text())["mode"] == "fast"
-    before = sorted(p.name for p in tmp_path.rglob("*"))
+    folder = shutil.copytree(mini_fast / "run", tmp_path / "run")     # the session's `sd.mini --fast` (conftest)
+    assert (mini_fast / "stdout.txt").read_text().startswith("FAST MODE")
+    assert json.loads((folder / "metrics.json").read_text())["mode"] == "fast"
+    before = sorted(p.name for p in folder.rglob("*"))
     t0 = time.perf_counter()
-    one_line_error(run("sd.mini", "--out", tmp_path), "holds a fast run, not this full one", "runs/mini-fast")
-    assert time.perf_counter() - t0 < 20 and sorted(p.name for p in tmp_path.rglob("*")) == before
+    one_line_error(run("sd.mini", "--out", folder), "holds a fast run, not this full one", "runs/mini-fast")
+    assert time.perf_counter() - t0 < 20 and sorted(p.name for p in folder.rglob("*")) == before
     with pytest.raises(MiniRunError, match="holds a fast run"):
-        load_models(tmp_path, MiniConfig())
-    load_models(tmp_path, MiniConfig.fast())
+        load_models(folder, MiniConfig())
+    load_models(folder, MiniConfig.fast())
 
 
 # ---- checks before heavy work ------------------------------------------------------------------
