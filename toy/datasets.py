@@ -6,7 +6,7 @@ labels as floor(u K)). Training draws the uniforms i.i.d.; evaluation sets use `
 scrambled Sobol sequence (quasi-Monte Carlo): every region, mode and split of the space then holds
 its share of points up to O(log n / n) instead of O(1 / sqrt n). This matters for the exact W2: with
 i.i.d. draws, two 1024-point sets of the `paper` target are at W2 ~ 2, because a few percent of the
-points sit in the wrong one of modes ~17 apart; with QMC sets they are at ~0.1 (see the README).
+points sit in the wrong one of modes ~17 apart; with QMC sets of 1024 points they are at about 0.43 (docs/toy.md).
 
 `paper` is the tutorial pair of "Flow Straight and Fast": two 3-component Gaussian mixtures
 (variance 0.3, equal weights, D = 10), pi_1 being pi_0 mirrored, so that straight lines from pi_0
