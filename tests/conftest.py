@@ -21,6 +21,18 @@ def reference_libraries():
     pytest.importorskip("diffusers")
 
 
+# The slowest modules first: with --no-loadscope-reorder (README, .ci/run) pytest-xdist hands out modules in this
+# order, so that the default comparison starts at once instead of last, behind a hundred short modules. Each worker
+# starts with two modules: the third and fourth are short ones.
+SLOW_FIRST = ("test_compare.py", "test_cuda_check.py", "test_layout.py", "test_docs.py", "test_notebooks.py",
+              "test_controlnet.py", "test_pipeline.py", "test_demo.py", "test_first_hour.py", "test_mini.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))    # stable: each module keeps its order
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
