@@ -7,18 +7,20 @@
     reflow   rectification, reflow pairs (Algorithm 1)
     distill  one-step / k-step students (Algorithm 1, "Distill")
     metrics  straightness S(Z) and exact W2 between sample sets
-    consistency, meanflow, shortcut, progressive   the other few-step families (import them by module)
+    consistency, meanflow, shortcut, progressive, distribution_matching
+             the other few-step families (import them by module)
 """
 from .couplings import independent_coupling, minibatch_ot_pairs, pairs_coupling
 from .distill import distill_loss, train_student
-from .flow import append_dims, batch_time, call_velocity, interpolate, mse, rf_loss, sample_time, velocity_target
+from .flow import (append_dims, batch_time, call_velocity, data_end, interpolate, mse, rf_loss, sample_time,
+                   velocity_target)
 from .metrics import linear_sum_assignment, reconstruction_error, straightness, w2
 from .ode import SOLVERS, euler, invert, solve
 from .paths import PATHS, Path, get_path, path_loss
 from .reflow import generate_pairs, load_pairs, save_pairs, train_flow
 from .train import ema_update, fit, fit_coupling
 
-__all__ = ["interpolate", "velocity_target", "sample_time", "rf_loss", "mse", "path_loss", "append_dims", "batch_time",
+__all__ = ["interpolate", "velocity_target", "sample_time", "rf_loss", "mse", "data_end", "path_loss", "append_dims", "batch_time",
            "call_velocity", "ema_update", "solve", "euler", "invert",
            "SOLVERS", "independent_coupling", "pairs_coupling",
            "minibatch_ot_pairs", "PATHS", "Path", "get_path", "train_flow", "generate_pairs",

@@ -11,7 +11,7 @@ step predicting the endpoint  Z_1_hat = X_t + (1 - t) v(X_t, t)  with X_t = t Z_
 import torch
 
 from .checks import positive_int
-from .flow import append_dims, call_velocity, interpolate, mse
+from .flow import data_end, interpolate, mse
 from .train import fit_coupling
 
 
@@ -25,7 +25,7 @@ def distill_loss(student, z0, z1, k=1, cond=None, generator=None, loss_fn=mse):
     j = torch.randint(0, k, (z0.shape[0],), generator=generator).to(z0.device)
     t = j.to(z0.dtype) / k
     xt = interpolate(z0, z1, t)
-    z1_hat = xt + append_dims(1 - t, xt) * call_velocity(student, xt, t, cond)   # X_t + (1 - t) v(X_t, t)
+    z1_hat = data_end(student, xt, t, cond)      # X_t + (1 - t) v(X_t, t)
     return loss_fn(z1_hat, z1)
 
 

@@ -57,6 +57,14 @@ def call_velocity(v, x, t, cond=None):
     return v(x, t) if cond is None else v(x, t, cond)
 
 
+def data_end(v, x, t, cond=None):
+    """One Euler step from t to 1:  X_t + (1 - t) v(X_t, t).  For the minimiser of Eq. (1) this is
+    E[X_1 | X_t = x] (v = E[X_1 - X_0 | X_t] and X_0 = (X_t - t X_1) / (1 - t)): the flow's estimate of the data
+    end, which distillation, consistency models and distribution matching all regress or compare."""
+    t = batch_time(t, x)
+    return x + append_dims(1 - t, x) * call_velocity(v, x, t, cond)
+
+
 def rf_loss(v, x0, x1, cond=None, t=None, time_sampler="uniform", generator=None, loss_fn=mse):
     """Monte-Carlo estimate of the rectified-flow loss, Eq. (1):
 

@@ -14,7 +14,7 @@ for a student), on the same dataset, and scored on the same quasi-random evaluat
     2-rf            linear         pairs (Z_0, Z_1) of 1-rf (reflow)           1-rf
     ot-2-rf         linear         pairs of ot (reflow after minibatch OT)     ot
     <flow>-distilled one Euler step, distilled on the pairs of <flow>          <flow>
-    cd, ct, meanflow, shortcut, progressive: the few-step families (toy/few_step.py)
+    cd, ct, meanflow, shortcut, progressive, dmd2, sid: the few-step families (toy/few_step.py)
 
 The reflow and OT couplings are pools of `n_pairs` pairs (20 000 by default) drawn once, as
 `python -m toy` does for reflow; the students of 1-rf and ot reuse the pairs their reflow was

@@ -10,12 +10,16 @@ toy, sampled with N steps, and what it costs. The objectives are rectflow's (one
                                                                                             (N a power of 2 <= 128)
     progressive  progressive distillation           1-rf          1-rf's + distill_iters    the N-step student of
                  (progressive.py; 16 -> 8 -> 4 -> 2 -> 1, distill_iters / 4 per round)      its round (N <= 8)
+    dmd2, sid    distribution matching              1-rf          1-rf's + distill_iters    one step
+                 (distribution_matching.py; teacher 1-rf;         (generator and fake
+                 generator and fake velocity start from it)        velocity together)
 
 Every method gets the budget of 1-rf + its student (2 x 3000 gradient steps by default), the same MLP
 (with one more input for MeanFlow's r and the shortcut's d), batch and learning rate. CD and CT keep
 an EMA copy of the weights as the target (decay 0.95; CD on a fixed grid of 18 intervals, CT on the
 original paper's growing grid). MeanFlow and the shortcut model also have a velocity (u(x, t, t),
-s(x, t, 0)): their straightness is measured on it.
+s(x, t, 0)): their straightness is measured on it. DMD2 and SiD split their distill_iters gradient steps
+between the generator and the fake velocity in their papers' ratios (1:5 and 1:1).
 """
 import copy
 
@@ -23,6 +27,7 @@ import torch
 
 import rectflow as rf
 from rectflow.consistency import consistency_sample, train_consistency
+from rectflow.distribution_matching import RECIPES, train_distribution_matching
 from rectflow.meanflow import meanflow_sample, train_meanflow
 from rectflow.progressive import train_progressive
 from rectflow.shortcut import shortcut_sample, train_shortcut
@@ -36,8 +41,11 @@ FEW_STEP = {
     "meanflow": (None, "MeanFlow", "a jvp per batch"),
     "shortcut": (None, "shortcut", "2 extra forward passes per self-consistency sample"),
     "progressive": ("1-rf", "PD (1-rf)", "a teacher flow per round, 4 rounds"),
+    "dmd2": ("1-rf", "DMD2 (1-rf)", "a teacher flow, a fake velocity (5 of its steps per generator step)"),
+    "sid": ("1-rf", "SiD (1-rf)", "a teacher flow, a fake velocity, gradients through both"),
 }
 CD_INTERVALS, EMA, PD_START, SHORTCUT_M = 18, 0.95, 16, 128
+DM_LR = 3e-4      # distribution matching's constant learning rate: the best of four at seed 0 (docs/toy.md)
 
 
 def train_few_step(name, b, teacher):
@@ -71,6 +79,12 @@ def train_few_step(name, b, teacher):
         train_progressive(model, draw, per_round, PD_START, seed=cfg.seed + 404, desc=name,
                           on_round=lambda steps, m: rounds.__setitem__(steps, copy.deepcopy(m)), **fit_kw)
         cost = (4 * per_round, 4 * per_round * n * 2, 0)
+    elif name in ("dmd2", "sid"):
+        model, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
+        gen_steps = max(1, cfg.distill_iters // (1 + RECIPES[name]["fake_updates"]))
+        out = train_distribution_matching(model, teacher, fake, b.ds.sample0, gen_steps, method=name, lr=DM_LR,
+                                          batch_size=n, seed=cfg.seed + 405, desc=name, progress=cfg.progress)
+        cost = (out["generator_steps"] + out["fake_steps"], out["teacher_evals"], 0)
     else:
         raise ValueError(f"unknown few-step method {name!r}: {', '.join(FEW_STEP)}")
     return model, cost, rounds
@@ -89,6 +103,8 @@ def score_few_step(name, b, model, rounds):
         powers = tuple(k for k in steps if k <= SHORTCUT_M and k & (k - 1) == 0)
         return b.score(name, model, powers, sampler=shortcut_sample,
                        velocity=lambda x, t: model(x, t, torch.zeros_like(t)))
+    if name in ("dmd2", "sid"):
+        return b.score(name, model, (1,), flow=False)                    # a one-step generator
     entry = b.score(name, model, (1,), flow=False)                       # progressive: the final student...
     z = b.z_eval.to(b.dev)
     for k, student in sorted(rounds.items()):                            # ...and each round's, at its N
