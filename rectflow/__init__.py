@@ -6,7 +6,7 @@
     couplings  independent, stored pairs, minibatch optimal transport
     reflow   rectification, reflow pairs (Algorithm 1)
     distill  one-step / k-step students (Algorithm 1, "Distill")
-    metrics  straightness S(Z) and exact W2 between sample sets
+    metrics  straightness S(Z), exact W2 between sample sets, the share of samples at each mode
     consistency, meanflow, shortcut, progressive, distribution_matching
              the other few-step families (import them by module)
 """
@@ -14,15 +14,15 @@ from .couplings import independent_coupling, minibatch_ot_pairs, pairs_coupling
 from .distill import distill_loss, train_student
 from .flow import (append_dims, batch_time, call_velocity, data_end, interpolate, mse, rf_loss, sample_time,
                    velocity_target)
-from .metrics import linear_sum_assignment, reconstruction_error, straightness, w2
+from .metrics import linear_sum_assignment, mode_shares, reconstruction_error, straightness, w2
 from .ode import SOLVERS, euler, invert, solve
 from .paths import PATHS, Path, get_path, path_loss
 from .reflow import generate_pairs, load_pairs, save_pairs, train_flow
 from .train import ema_update, fit, fit_coupling
 
-__all__ = ["interpolate", "velocity_target", "sample_time", "rf_loss", "mse", "data_end", "path_loss", "append_dims", "batch_time",
-           "call_velocity", "ema_update", "solve", "euler", "invert",
+__all__ = ["interpolate", "velocity_target", "sample_time", "rf_loss", "mse", "data_end", "path_loss", "append_dims",
+           "batch_time", "call_velocity", "ema_update", "solve", "euler", "invert",
            "SOLVERS", "independent_coupling", "pairs_coupling",
            "minibatch_ot_pairs", "PATHS", "Path", "get_path", "train_flow", "generate_pairs",
            "save_pairs", "load_pairs", "distill_loss", "train_student", "straightness", "reconstruction_error", "w2",
-           "linear_sum_assignment", "fit", "fit_coupling"]
+           "mode_shares", "linear_sum_assignment", "fit", "fit_coupling"]

@@ -8,6 +8,7 @@ import torch
 from tests.commands import run_module
 from toy.__main__ import main
 from toy.compare import ALL, METHODS, CompareConfig, run_compare
+from toy.datasets import PAPER_MEANS1
 from toy.experiment import Config, inversion, run
 
 FLOWS = [m for m, (_, coupling, _) in METHODS.items() if coupling != "distill"]
@@ -62,6 +63,11 @@ def test_fast_compare_writes_its_files_and_agrees_with_python_m_toy(tmp_path, ca
         assert (s.get("straightness") is not None) == (name in WITH_VELOCITY), name
     samples = np.load(tmp_path / "samples.npz")
     assert {f"{f}_{n}" for f in FLOWS for n in cfg.steps} <= set(samples.files)
+    centres = np.array(PAPER_MEANS1)
+    for name, s in stages.items():          # each row's one-step samples, counted at their nearest mode
+        x = samples[f"{name}_1"][:cfg.n_eval]
+        nearest = ((x[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        assert s["mode_shares_1"] == pytest.approx([(nearest == k).mean() for k in range(3)], abs=1e-4), name
     assert set(m["best"]) == steps
     for n, best in m["best"].items():          # the lowest W2 among the methods scored at n steps
         assert all(stages[best]["w2"][n] <= s["w2"][n] for s in stages.values() if n in s["w2"])

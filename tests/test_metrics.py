@@ -66,3 +66,11 @@ def test_reconstruction_error_is_zero_on_a_straight_flow_and_shrinks_with_steps_
     assert all(a > b for a, b in zip(errs, errs[1:])) and errs[-1] < errs[0] / 10, errs
     direct = (rf.euler(rot, rf.invert(rot, x1[:, :2, 0, 0], 3), 1) - x1[:, :2, 0, 0]).pow(2).sum(1).mean()
     assert rf.reconstruction_error(rot, rot, x1[:, :2, 0, 0], 3, 1) == pytest.approx(float(direct), rel=1e-12)
+
+
+def test_mode_shares_count_each_sample_at_its_nearest_centre():
+    centres = [[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]
+    g = torch.Generator().manual_seed(0)
+    at = lambda k, n: torch.tensor(centres[k]) + 0.5 * torch.randn(n, 2, generator=g)     # noqa: E731
+    assert rf.mode_shares(torch.cat([at(0, 50), at(2, 150)]), centres) == [0.25, 0.0, 0.75]   # mode 1 dropped
+    assert rf.mode_shares(torch.cat([at(k, 40) for k in range(3)]), centres) == pytest.approx([1 / 3] * 3)

@@ -143,6 +143,11 @@ def format_compare_table(metrics):
         lines.append("few-step methods: what they need, teacher evaluations and jvp calls spent in training:")
         lines += [f"  {name:<12} {m['needs']}; teacher evals {m['teacher_evals']:.2e}, jvp calls {m['jvp_calls']}"
                   for name, m in few.items()]
+    shares = {name: m["mode_shares_1"] for name, m in metrics["stages"].items() if "mode_shares_1" in m}
+    if shares:
+        lines.append(f"share of one-step samples nearest each target mode ({1 / len(next(iter(shares.values()))):.3f} "
+                     "each in the target; 0: a mode dropped):")
+        lines += [f"  {name:<16}" + " ".join(f"{x:.3f}" for x in s) for name, s in shares.items()]
     lines.append("best W2 at each number of Euler steps: "
                  + ", ".join(f"{n}: {name}" for n, name in metrics["best"].items()))
     lines.append(f"W2 between two target sets (floor of the estimate): {metrics['w2_floor']:.3f}")

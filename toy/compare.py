@@ -22,7 +22,8 @@ trained on. 1-rf, 2-rf and 2-rf-distilled are the very runs of `python -m toy` (
 numbers). Each method's cost is what it takes from scratch, its ancestors included: gradient
 steps, velocity evaluations spent simulating pairs (RK4: 4 per step), seconds of assignment, and
 wall-clock seconds of all that (evaluation excluded); the few-step rows add the teacher evaluations
-and jvp calls they spend. --methods a,b,c runs a subset (with the flows they start from).
+and jvp calls they spend. On a target with modes (paper, 8gaussians), each row also records the share of
+its one-step samples nearest each mode, so that a dropped mode shows as a 0. --methods a,b,c runs a subset (with the flows they start from).
 """
 import copy
 import time
@@ -151,6 +152,9 @@ def run_compare(cfg: CompareConfig):
         path, coupling, parent = METHODS[name] if name in METHODS else ("linear", FEW_STEP[name][1], FEW_STEP[name][0])
         res.metrics["stages"][name].update(path=path, coupling=coupling, parent=parent, **cost[name],
                                            **extra.get(name, {}))
+        if b.ds.modes:              # where the one-step samples land: a 0 is a dropped mode
+            shares = rf.mode_shares(res.samples[f"{name}_1"][:cfg.n_eval], b.ds.modes)
+            res.metrics["stages"][name]["mode_shares_1"] = [round(x, 4) for x in shares]
     res.metrics["best"] = best_per_steps(res.metrics["stages"], cfg.steps)
     return res
 

@@ -69,6 +69,9 @@ def moons(n, generator=None, qmc=False):
     return 2 * (torch.stack([x - 0.5, y - 0.25], 1) + 0.05 * normal(u[:, 2:]))
 
 
+EIGHT_MEANS = [(4 * math.cos(k * math.pi / 4), 4 * math.sin(k * math.pi / 4)) for k in range(8)]
+
+
 def eight_gaussians(n, generator=None, qmc=False):
     """Eight Gaussians (std 0.25) evenly spaced on a circle of radius 4."""
     u = uniforms(n, 3, generator, qmc)
@@ -96,12 +99,13 @@ class Dataset:
     name: str
     sample0: Callable  # pi_0, the source ("noise")
     sample1: Callable  # pi_1, the target ("data")
+    modes: tuple = ()  # pi_1's mixture centres, where it has them (mode dropping is measured against them)
 
 
 DATASETS = {
-    "paper": Dataset("paper", gaussian_mixture(PAPER_MEANS0, VAR), gaussian_mixture(PAPER_MEANS1, VAR)),
+    "paper": Dataset("paper", gaussian_mixture(PAPER_MEANS0, VAR), gaussian_mixture(PAPER_MEANS1, VAR), tuple(PAPER_MEANS1)),
     "moons": Dataset("moons", standard_normal, moons),
-    "8gaussians": Dataset("8gaussians", standard_normal, eight_gaussians),
+    "8gaussians": Dataset("8gaussians", standard_normal, eight_gaussians, tuple(EIGHT_MEANS)),
     "checkerboard": Dataset("checkerboard", standard_normal, checkerboard),
     "swissroll": Dataset("swissroll", standard_normal, swiss_roll),
 }
