@@ -73,7 +73,7 @@ SOLUTIONS = {
          "        z = z - v(z, torch.full((len(z),), 1.0 - i / n)) / n\n    return z"),
         ("my_edit = None   # your code here",
          "with torch.no_grad():\n"
-         "    my_edit = rf.euler(field('2-RF', caps_green, 1.0), rf.invert(field('2-RF', caps, 1.0), x, 2), 2)"),
+         "    my_edit = rf.euler(field('2-RF', caps_new, 1.0), rf.invert(field('2-RF', caps, 1.0), x, 2), 2)"),
     ],
     "08_comparing_flows.ipynb": [
         ("def my_vp_target(x0, x1, t):\n    # your code here\n    return None",
@@ -156,7 +156,7 @@ WRONG = {
          "        z = z + v(z, torch.full((len(z),), 1.0 - i / n)) / n\n    return z"),
         ("my_edit = None   # your code here",
          "with torch.no_grad():\n"
-         "    my_edit = rf.euler(field('2-RF', caps_green, 1.0), rf.invert(field('2-RF', caps_green, 1.0), x, 2), 2)"),
+         "    my_edit = rf.euler(field('2-RF', caps_new, 1.0), rf.invert(field('2-RF', caps_new, 1.0), x, 2), 2)"),
     ],
     "08_comparing_flows.ipynb": [   # beta's derivative forgotten; no re-pairing; the highest W2
         ("def my_vp_target(x0, x1, t):\n    # your code here\n    return None",
