@@ -83,7 +83,6 @@ def sid_loss(x_g, real, fake, x0, t, cond=None, alpha=1.2):
     return ((gap * ((x_real - x_g) - alpha * gap)).flatten(1).sum(1) / w).mean()
 
 
-
 def fake_loss(fake, generator, z, x0, cond=None, rng=None):
     """Eq. (1) for the fake velocity on the generator's outputs (detached): it learns the generator's law."""
     with torch.no_grad():

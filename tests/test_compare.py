@@ -118,7 +118,7 @@ def test_bad_compare_arguments_exit_2():
 @pytest.fixture(scope="module")
 def default_result():
     """`python -m toy compare` at its default configuration (seed 0), every row but those no claim reads (1-rf-2x,
-    and distribution matching's until its learning rate is tuned): about 11 minutes on 2 cores."""
+    and distribution matching's, whose results docs/toy.md reports at four seeds): about 11 minutes on 2 cores."""
     return run_compare(CompareConfig(progress=False, methods=tuple(m for m in ALL if m not in UNCLAIMED)))
 
 

@@ -78,7 +78,8 @@ def test_sid_loss_is_its_formula_with_gradients_through_the_noisy_sample(alpha):
 def test_the_fake_velocity_learns_the_generators_samples_and_never_moves_the_generator():
     gen, _, fake, z, x0, _ = nets_and_batch()
     got = fake_loss(fake, gen, z, x0, rng=torch.Generator().manual_seed(5))
-    want = rf.rf_loss(fake, x0, z + gen(z, torch.zeros(len(z), dtype=z.dtype)), generator=torch.Generator().manual_seed(5))
+    x_g = z + gen(z, torch.zeros(len(z), dtype=z.dtype))                # G(z) = z + g(z, 0)
+    want = rf.rf_loss(fake, x0, x_g, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(got, want, rtol=1e-12)
     got.backward()
     assert all(p.grad is None for p in gen.parameters()) and all(p.grad is not None for p in fake.parameters())
@@ -88,10 +89,11 @@ def test_the_fake_velocity_learns_the_generators_samples_and_never_moves_the_gen
 def test_two_time_scales_and_which_weights_move(method):
     teacher, gen = Net(seed=3), Net(seed=3)
     fake, before = copy.deepcopy(teacher), copy.deepcopy(teacher)
-    out = train_distribution_matching(gen, teacher, fake, lambda n, g: torch.randn(n, 2, generator=g, dtype=torch.float64),
-                                      3, method=method, batch_size=16, progress=False)
+    source = lambda n, g: torch.randn(n, 2, generator=g, dtype=torch.float64)      # noqa: E731
+    out = train_distribution_matching(gen, teacher, fake, source, 3, method=method, batch_size=16, progress=False)
     k = RECIPES[method]["fake_updates"]
-    assert (len(out["generator_loss"]), len(out["fake_loss"])) == (3, 3 * k) == (out["generator_steps"], out["fake_steps"])
+    counted = (len(out["generator_loss"]), len(out["fake_loss"]))
+    assert counted == (3, 3 * k) == (out["generator_steps"], out["fake_steps"])
     assert k == {"dmd2": 5, "sid": 1}[method]                      # the papers' ratios
     weights = {n: torch.cat([p.flatten() for p in m.parameters()]) for n, m in
                (("teacher", teacher), ("gen", gen), ("fake", fake), ("before", before))}

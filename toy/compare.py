@@ -23,7 +23,8 @@ numbers). Each method's cost is what it takes from scratch, its ancestors includ
 steps, velocity evaluations spent simulating pairs (RK4: 4 per step), seconds of assignment, and
 wall-clock seconds of all that (evaluation excluded); the few-step rows add the teacher evaluations
 and jvp calls they spend. On a target with modes (paper, 8gaussians), each row also records the share of
-its one-step samples nearest each mode, so that a dropped mode shows as a 0. --methods a,b,c runs a subset (with the flows they start from).
+its one-step samples nearest each mode, so that a dropped mode shows as a 0. --methods a,b,c runs a
+subset (with the flows they start from).
 """
 import copy
 import time

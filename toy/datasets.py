@@ -103,7 +103,8 @@ class Dataset:
 
 
 DATASETS = {
-    "paper": Dataset("paper", gaussian_mixture(PAPER_MEANS0, VAR), gaussian_mixture(PAPER_MEANS1, VAR), tuple(PAPER_MEANS1)),
+    "paper": Dataset("paper", gaussian_mixture(PAPER_MEANS0, VAR), gaussian_mixture(PAPER_MEANS1, VAR),
+                     tuple(PAPER_MEANS1)),
     "moons": Dataset("moons", standard_normal, moons),
     "8gaussians": Dataset("8gaussians", standard_normal, eight_gaussians, tuple(EIGHT_MEANS)),
     "checkerboard": Dataset("checkerboard", standard_normal, checkerboard),
