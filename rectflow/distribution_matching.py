@@ -21,13 +21,14 @@ With a Gaussian source X_0 ~ N(0, I), the score of X_t's law follows from its ve
 so x_fake - x_real = (1 - t)^2 / t (s_fake - s_real): DMD's gradient of KL(p_fake,t || p_real,t). The
 data-end form needs no Gaussian source, and both vanish when the generator's law is the teacher's.
 
-- DMD2's generator loss (their Eq. 2 with DMD's normalisation, no GAN term):
+- DMD2's generator loss (DMD's distribution-matching gradient with its normalisation, as the official
+  code computes it; no GAN term):
       g = (x_fake - x_real) / mean_d |x_g - x_real|,   L = 1/2 || x_g - sg(x_g - g) ||^2 (mean),
   computed without gradients through X_t; t uniform on [0.02, 0.98] (their 20..980 of 1000).
   Two time scales: `fake_updates` = 5 fake-velocity steps per generator step (AdamW(0.9, 0.999),
   weight decay 0.01, gradients clipped at 10). DMD's regression on teacher pairs is an option (DMD1:
   weight 0.25, with LPIPS; the toy uses the squared error).
-- SiD's generator loss (their Eq. 22 with alpha):
+- SiD's generator loss (the score-identity loss with alpha, as the official code computes it):
       L = sum_d (x_real - x_fake) . ((x_real - x_g) - alpha (x_real - x_fake)) / sg(mean_d |x_g - x_real|),
   averaged over the batch, alpha = 1.2, with gradients through X_t into both velocities' inputs (not
   into their weights); one fake step per generator step, Adam(0, 0.999). The official code also
