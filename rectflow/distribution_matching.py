@@ -26,8 +26,8 @@ data-end form needs no Gaussian source, and both vanish when the generator's law
       g = (x_fake - x_real) / mean_d |x_g - x_real|,   L = 1/2 || x_g - sg(x_g - g) ||^2 (mean),
   computed without gradients through X_t; t uniform on [0.02, 0.98] (their 20..980 of 1000).
   Two time scales: `fake_updates` = 5 fake-velocity steps per generator step (AdamW(0.9, 0.999),
-  weight decay 0.01, gradients clipped at 10). DMD's regression on teacher pairs is an option (DMD1:
-  weight 0.25, with LPIPS; the toy uses the squared error).
+  weight decay 0.01, gradients clipped at 10). DMD's regression on teacher pairs is an option (DMD1 used
+  LPIPS; the toy uses the squared error; the default weight 0.25 is not checked against DMD1's paper).
 - SiD's generator loss (the score-identity loss with alpha, as the official code computes it):
       L = sum_d (x_real - x_fake) . ((x_real - x_g) - alpha (x_real - x_fake)) / sg(mean_d |x_g - x_real|),
   averaged over the batch, alpha = 1.2, with gradients through X_t into both velocities' inputs (not
