@@ -17,10 +17,12 @@ t_n = n / N (n = 0 .. N - 1), against an EMA copy theta^- of the weights:
 - consistency training (CT): X_hat_{t_{n+1}} = X_{t_{n+1}} of the same pair (X_0, X_1), i.e. the step
   taken with the pair's own velocity X_1 - X_0, no teacher; N grows during training as in the original
   paper's schedule N(k) = ceil(sqrt(k / K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1, s0 = 2, s1 = 150.
-d is the squared L2 distance (the paper's L2; iCT's pseudo-Huber is a drop-in `loss_fn`).
+d is the squared L2 distance (the paper's L2; iCT's pseudo-Huber, `rectflow.flow.pseudo_huber`, is `loss_fn`).
 
 Sampling (Algorithm 1): X_1 = f(X_0, 0); for N steps, at t_k = k / N (k = 1 .. N - 1) the estimate is
 sent back to time t_k with fresh noise, X_{t_k} = t_k X_1 + (1 - t_k) Z, and mapped again: X_1 = f(X_{t_k}, t_k).
+Z must be a fresh draw from the source pi_0 (the paper's Gaussian; here `source`), or X_{t_k} lies off the
+marginal f was trained on: N(0, I) noise on a mixture source makes more steps worse (docs/toy.md).
 """
 import copy
 import itertools
@@ -68,9 +70,10 @@ def consistency_loss(model, target_model, x0, x1, n_intervals, teacher=None, con
 
 
 def train_consistency(model, coupling, iters, teacher=None, n_intervals=18, ema=0.95, batch_size=1024, seed=0,
-                      ct_growth=True, desc="consistency", **fit_kwargs):
+                      ct_growth=True, loss_fn=mse, desc="consistency", **fit_kwargs):
     """CD (with `teacher`, on a fixed grid of `n_intervals`) or CT (without; the grid grows by
-    `ct_schedule` when ct_growth) on batches of `coupling` (independent noise and data). Returns losses."""
+    `ct_schedule` when ct_growth) on batches of `coupling` (independent noise and data), with the distance
+    `loss_fn` (iCT: `pseudo_huber`, and ema=0, the target the online weights themselves). Returns losses."""
     target = copy.deepcopy(model).requires_grad_(False)
     step = itertools.count()                          # fit_coupling calls the loss once per iteration
 
@@ -78,14 +81,15 @@ def train_consistency(model, coupling, iters, teacher=None, n_intervals=18, ema=
         i = next(step)
         ema_update(target.parameters(), m.parameters(), ema)   # theta^-: the EMA after step i - 1
         n = ct_schedule(i, iters) - 1 if teacher is None and ct_growth else n_intervals
-        return consistency_loss(m, target, x0, x1, n, teacher, cond, gen)
+        return consistency_loss(m, target, x0, x1, n, teacher, cond, gen, loss_fn)
     return fit_coupling(model, coupling, loss, iters, batch_size, seed, desc=desc, **fit_kwargs)
 
 
 @torch.no_grad()
-def consistency_sample(model, x0, steps=1, cond=None, generator=None, callback=None):
-    """Multistep consistency sampling (Algorithm 1) on the grid t_k = k / steps. callback(k, X_1 estimate)
-    runs after each of the `steps` evaluations."""
+def consistency_sample(model, x0, steps=1, cond=None, generator=None, callback=None, source=None):
+    """Multistep consistency sampling (Algorithm 1) on the grid t_k = k / steps, re-noising with
+    `source(n, generator)`, fresh draws of pi_0 (default: standard normal noise, x0's shape).
+    callback(k, X_1 estimate) runs after each of the `steps` evaluations."""
     positive_int(steps, "steps")
     x1 = consistency_fn(model, x0, 0.0, cond)
     for k in range(1, steps + 1):
@@ -94,5 +98,6 @@ def consistency_sample(model, x0, steps=1, cond=None, generator=None, callback=N
         if k == steps:
             return x1
         t = k / steps
-        z = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        z = torch.randn(x0.shape, generator=generator) if source is None else source(len(x0), generator)
+        z = z.to(x0.device, x0.dtype)
         x1 = consistency_fn(model, t * x1 + (1 - t) * z, t, cond)

@@ -9,6 +9,7 @@ import torch
 
 import rectflow.consistency as consistency
 from rectflow.consistency import consistency_fn, consistency_loss, consistency_sample, ct_schedule, train_consistency
+from rectflow.flow import pseudo_huber
 from rectflow.train import ema_update
 from rectflow.meanflow import meanflow_loss, meanflow_sample, meanflow_target
 from rectflow.progressive import progressive_loss, two_teacher_steps
@@ -59,6 +60,22 @@ def test_ct_schedule_and_multistep_sampling():
     assert torch.allclose(two, consistency_fn(f, 0.5 * consistency_fn(f, x0, 0.0) + 0.5 * z, 0.5))
 
 
+def test_multistep_consistency_sampling_renoises_from_the_source():
+    """X_{t_k} = t_k X_1 + (1 - t_k) Z with Z a fresh draw of pi_0 (`source`), not N(0, I): on the paper pair's
+    mixture source, N(0, I) noise puts X_{t_k} off the marginal f was trained on."""
+    f, (x0, _) = Net(), batch()
+    drawn = []
+
+    def source(n, generator):
+        drawn.append(n)
+        return torch.full((n, 2), 5.0)
+    three = consistency_sample(f, x0, 3, generator=torch.Generator().manual_seed(0), source=source)
+    x1 = consistency_fn(f, x0, 0.0)
+    for t in (1 / 3, 2 / 3):
+        x1 = consistency_fn(f, t * x1 + (1 - t) * 5.0, t)
+    assert drawn == [len(x0)] * 2 and torch.allclose(three, x1)
+
+
 def test_ema_update_is_the_moving_average_of_the_weights():
     """theta_ema <- decay theta_ema + (1 - decay) theta: 0.9 of the average, 0.1 of the weights (not the reverse)."""
     avg, weights = [torch.zeros(3, dtype=torch.float64)], [torch.full((3,), 10.0, dtype=torch.float64)]
@@ -68,13 +85,28 @@ def test_ema_update_is_the_moving_average_of_the_weights():
     assert torch.equal(avg[0], weights[0])
 
 
+
+def test_pseudo_huber_is_icts_distance_written_out():
+    """sqrt(||x - y||^2 + c^2) - c per sample (the norm over all of a sample's coordinates), averaged;
+    c = 0.00054 sqrt(d) by default."""
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(5, 3, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    c = 0.00054 * 12 ** 0.5
+    want = sum(((x[i] - y[i]).pow(2).sum() + c * c).sqrt() - c for i in range(5)) / 5
+    assert torch.allclose(pseudo_huber(x, y), want, rtol=1e-14)
+    want_c2 = sum(((x[i] - y[i]).pow(2).sum() + 4).sqrt() - 2 for i in range(5)) / 5
+    assert torch.allclose(pseudo_huber(x, y, c=2.0), want_c2)
+    assert pseudo_huber(x, x) == 0
+
+
 @pytest.mark.parametrize("kind", ["cd", "ct"])
 def test_the_consistency_training_loop_feeds_the_loss_its_grid_and_the_ema_target(kind, monkeypatch):
     """Each iteration i gets CT's growing grid N(i) - 1 intervals (CD: the fixed grid) and the target network
     theta^- = EMA of the weights, updated with the weights as they are after step i - 1."""
     seen = []
 
-    def recording_loss(model, target, x0, x1, n_intervals, teacher=None, cond=None, generator=None):
+    def recording_loss(model, target, x0, x1, n_intervals, teacher=None, cond=None, generator=None, loss_fn=None):
+        assert loss_fn is pseudo_huber                                          # the distance asked for
         seen.append((n_intervals, [p.detach().clone() for p in model.parameters()],
                      [p.detach().clone() for p in target.parameters()]))
         return model(x0, torch.zeros(len(x0), dtype=x0.dtype)).pow(2).mean()
@@ -83,7 +115,7 @@ def test_the_consistency_training_loop_feeds_the_loss_its_grid_and_the_ema_targe
     coupling = lambda n, g: (x0[:n], x1[:n], None)  # noqa: E731
     model = Net(seed=3)
     train_consistency(model, coupling, iters, teacher=Net(seed=4) if kind == "cd" else None, n_intervals=18,
-                      ema=decay, batch_size=16, progress=False, lr=1e-2)
+                      ema=decay, batch_size=16, progress=False, lr=1e-2, loss_fn=pseudo_huber)
     want_n = [18] * iters if kind == "cd" else [ct_schedule(i, iters) - 1 for i in range(iters)]
     assert [n for n, _, _ in seen] == want_n
     target = [p.clone() for p in seen[0][1]]                                   # theta^- starts as theta
