@@ -64,9 +64,10 @@ def shortcut_loss(model, x0, x1, cond=None, generator=None, m=128, consistency_f
     return ((sc - target).pow(2).sum() + loss_fm) / (sc.numel() + fm.numel())
 
 
-def train_shortcut(model, coupling, iters, batch_size=1024, seed=0, m=128, desc="shortcut", **fit_kwargs):
+def train_shortcut(model, coupling, iters, batch_size=1024, seed=0, m=128, consistency_fraction=0.25, desc="shortcut",
+                   **fit_kwargs):
     def loss(mdl, x0, x1, cond, gen):
-        return shortcut_loss(mdl, x0, x1, cond, gen, m)
+        return shortcut_loss(mdl, x0, x1, cond, gen, m, consistency_fraction)
     return fit_coupling(model, coupling, loss, iters, batch_size, seed, desc=desc, **fit_kwargs)
 
 

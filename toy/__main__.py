@@ -23,12 +23,15 @@ from .few_step import FEW_STEP
 from .compare import __doc__ as compare_doc
 from .cli import FAST_NOTE, HelpFormatter, positive_int, writable
 from .experiment import Config, run
+from .tuning import KNOBS, SCORED_STEPS, tune
 from .plots import plot_inversion, plot_samples, plot_straightness, plot_trajectories, plot_w2_vs_steps
 
 
-def default_out(compare, fast):
-    """runs/toy or runs/toy-compare, with -fast for a smoke run (which never writes where a full run lives)."""
-    return Path(("runs/toy-compare" if compare else "runs/toy") + ("-fast" if fast else ""))
+def default_out(compare, fast, tune=False):
+    """runs/toy, runs/toy-compare or runs/toy-tune, with -fast for a smoke run (which never writes where a full run
+    lives)."""
+    name = "runs/toy-tune" if tune else "runs/toy-compare" if compare else "runs/toy"
+    return Path(name + ("-fast" if fast else ""))
 
 
 def build_parser(compare=False):
@@ -47,6 +50,10 @@ def build_parser(compare=False):
                        help="rows per exact assignment of the minibatch-OT coupling")
         p.add_argument("--methods", default="all", help="comma-separated methods to run (with the flows they "
                        "start from): " + ", ".join(ALL) + "; or all")
+        p.add_argument("--tune", metavar="METHOD", choices=list(KNOBS),
+                       help="instead of a comparison, run METHOD's search (8 settings at seed 0, scored on validation "
+                       "sets; toy/tuning.py) and write tune_METHOD.json to --out (default runs/toy-tune): "
+                       + ", ".join(KNOBS))
     else:
         p.add_argument("--reflows", type=positive_int, default=1, help="1: 2-RF, 2: 3-RF, ...")
     p.add_argument("--fast", action="store_true", help="a smoke run of seconds (nothing converges; its numbers mean "
@@ -66,10 +73,12 @@ def parse_args(argv=None, compare=False):
         p.error(f"--device {args.device!r}: {e}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device!r}: CUDA is not available on this machine")
-    args.out = args.out or default_out(compare, args.fast)
+    tune = getattr(args, "tune", None)
+    args.out = args.out or default_out(compare, args.fast, tune)
     try:
         writable(args.out, "--out", folder=True)
-        check_not_full(args.out / ("compare.json" if compare else "metrics.json"), args.fast)
+        record = f"tune_{tune}.json" if tune else "compare.json" if compare else "metrics.json"
+        check_not_full(args.out / record, args.fast)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -163,6 +172,8 @@ def main_compare(argv):
     except ValueError as e:
         print(f"error: --methods {args.methods}: {e}", file=sys.stderr)
         return 2
+    if args.tune:
+        return main_tune(args, cfg)
     res = timed_run(run_compare, cfg)
     note = save_record(args, res, "compare.json")
     plot_w2_vs_steps(res, args.out / "w2_vs_steps.png", note=note)
@@ -174,6 +185,26 @@ def main_compare(argv):
     print((FAST_NOTE + "\n" if args.fast else "") + format_compare_table(res.metrics))
     print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {peak_rss_gb():.2f} GB; wrote compare.json, "
           f"samples.npz, w2_vs_steps.png, straightness.png, trajectories.png, few_step_samples.png to {args.out}")
+    return 0
+
+
+def main_tune(args, cfg):
+    """--tune METHOD: the search's table (each setting's validation score and W2), and tune_METHOD.json."""
+    t0 = time.perf_counter()
+    rows, best = tune(args.tune, cfg)
+    steps = SCORED_STEPS
+    knob = KNOBS[args.tune][0]
+    lines = [f"{'lr':>8} {knob:>22} {'score':>7}" + "".join(f"{'W2@' + n:>8}" for n in steps)]
+    for settings, score, w2 in rows:
+        lines.append(f"{settings['lr']:>8.0e} {str(settings[knob]):>22} {score:>7.3f}"
+                     + "".join(f"{w2[n]:>8.3f}" if n in w2 else f"{'-':>8}" for n in steps))
+    print((FAST_NOTE + "\n" if args.fast else "") + "\n".join(lines))
+    print(f"chosen for {args.tune}: {best} (lowest validation score; write it in toy/compare.py's TUNED); "
+          f"{time.perf_counter() - t0:.0f} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"method": args.tune, "fast": args.fast, "best": best,
+              "rows": [{"settings": st, "score": sc, "w2": w2} for st, sc, w2 in rows]}
+    (args.out / f"tune_{args.tune}.json").write_text(json.dumps(record, indent=2))
     return 0
 
 

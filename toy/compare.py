@@ -28,7 +28,7 @@ subset (with the flows they start from).
 """
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -51,6 +51,12 @@ METHODS = {
     "1-rf-distilled": (None, "distill", "1-rf"),
     "ot-distilled": (None, "distill", "ot"),
     "2-rf-distilled": (None, "distill", "2-rf"),
+}
+# The settings each method's search chose (`--tune`, toy/tuning.py; the tables in docs/toy.md): method -> {lr, its
+# knob}. A method not here runs with its defaults (its search has not been run yet).
+TUNED = {
+    "cd": {"lr": 1e-2, "ema": 0.95},
+    "ct": {"lr": 3e-3, "ema": 0.95},
 }
 PAIR_SEEDS = {"1-rf": 1, "2-rf": 2, "ot": 3}      # the k of Bench.pairs (1-RF's and 2-RF's as in run)
 ALL = list(METHODS) + list(FEW_STEP)
@@ -75,6 +81,7 @@ class CompareConfig(Config):
     steps: tuple = (1, 2, 4, 8, 16, 100)
     ot_block: int = 256           # rows per exact assignment of the minibatch-OT coupling
     methods: tuple = ()           # a subset of ALL (empty: all), run with their ancestors
+    settings: dict = field(default_factory=lambda: copy.deepcopy(TUNED))   # method -> {lr, its knob}
 
     def validate(self):
         super().validate()
@@ -84,9 +91,13 @@ class CompareConfig(Config):
             raise ValueError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(ALL)} (or all)")
 
 
-def run_compare(cfg: CompareConfig):
-    b = Bench(cfg)
-    ds, fit_kw, models = b.ds, b.fit_kw, b.res.models       # Bench.score keeps every scored model
+LOSSES = {"mse": rf.mse, "pseudo_huber": rf.pseudo_huber}
+
+
+def run_compare(cfg: CompareConfig, split="evaluation"):
+    """Train and score the methods of `cfg` on the evaluation sets (or, for a search, the validation sets)."""
+    b = Bench(cfg, split)
+    ds, models = b.ds, b.res.models                          # Bench.score keeps every scored model
     pairs, pair_cost, cost = {}, {}, {}
 
     def account(name, parent, seconds, steps, assign=0.0):
@@ -109,6 +120,8 @@ def run_compare(cfg: CompareConfig):
     for name, (path, coupling, parent) in METHODS.items():
         if name not in run:
             continue
+        s = cfg.settings.get(name, {})
+        fit_kw = {**b.fit_kw, "lr": s.get("lr", cfg.lr)}
         if coupling in ("independent", "ot"):
             t0, assign = time.perf_counter(), 0.0
             model = b.new_model()
@@ -118,9 +131,10 @@ def run_compare(cfg: CompareConfig):
             else:   # minibatch OT: independent draws, re-paired block by block by exact assignment
                 gen = torch.Generator().manual_seed(cfg.seed + 200)
                 z0, z1, assign = rf.minibatch_ot_pairs(ds.sample0(cfg.n_pairs, gen), ds.sample1(cfg.n_pairs, gen),
-                                                       cfg.ot_block)
+                                                       s.get("ot_block", cfg.ot_block))
                 draw = rf.pairs_coupling(z0, z1)
-            rf.train_flow(model, draw, iters, seed=cfg.seed, desc=name, path=path, **fit_kw)
+            rf.train_flow(model, draw, iters, seed=cfg.seed, desc=name, path=path,
+                          time_sampler=s.get("time_sampler", "uniform"), **fit_kw)
             account(name, None, time.perf_counter() - t0, iters, assign=assign)
             b.score(name, model, cfg.steps)
             continue
@@ -131,10 +145,12 @@ def run_compare(cfg: CompareConfig):
         model = copy.deepcopy(models[parent])
         if coupling == "pairs":
             iters = cfg.iters
-            rf.train_flow(model, draw, iters, seed=cfg.seed + PAIR_SEEDS[parent], desc=name, path=path, **fit_kw)
+            rf.train_flow(model, draw, iters, seed=cfg.seed + PAIR_SEEDS[parent], desc=name, path=path,
+                          time_sampler=s.get("time_sampler", "uniform"), **fit_kw)
         else:
             iters = cfg.distill_iters
-            rf.train_student(model, draw, iters, k=1, seed=cfg.seed + 99, desc=name, **fit_kw)
+            rf.train_student(model, draw, iters, k=1, seed=cfg.seed + 99, desc=name,
+                             loss_fn=LOSSES[s.get("loss", "mse")], **fit_kw)
         account(name, parent, time.perf_counter() - t0, iters)
         flow = coupling == "pairs"
         b.score(name, model, cfg.steps if flow else (1,), flow=flow)

@@ -74,17 +74,22 @@ def evaluate(model, z0, target, cfg, steps, sampler=None):
     return w2s, samples
 
 
+# The seed offset of each split's sets: far apart, so that no run's validation sets are another seed's evaluation sets.
+SPLITS = {"evaluation": 1, "validation": 50_001}
+
+
 class Bench:
     """What every toy experiment shares: the data, the fixed evaluation sets, the scoring of a
     model (W2 of its N-step Euler samples, straightness and trajectories of a flow), reflow pairs,
     and the clock. `run` below and `toy/compare.py` are written on it."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, split="evaluation"):
         cfg.validate()
         self.cfg, self.ds, self.dev = cfg, get_dataset(cfg.dataset), torch.device(cfg.device)
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        gen = torch.Generator().manual_seed(cfg.seed + SPLITS[split])
         # Quasi-Monte Carlo evaluation sets (see toy/datasets.py), so that W2 measures the model and
         # not the luck of the draw. W2 uses the first n_eval points (a power of 2 suits Sobol).
+        # split="validation" draws other sets, which a search may score on (toy/tuning.py).
         self.z_eval = self.ds.sample0(cfg.n_samples, gen, qmc=True)
         self.target = self.ds.sample1(cfg.n_samples, gen, qmc=True)
         target_b = self.ds.sample1(cfg.n_samples, gen, qmc=True)

@@ -51,39 +51,46 @@ DM_LR = 3e-4      # distribution matching's constant learning rate: the best of 
 def train_few_step(name, b, teacher):
     """Train method `name` on the bench `b` (teacher: the parent flow, or None). Returns (model, stage
     cost: gradient steps of this stage, teacher evaluations, jvp calls), then scores it on `b`."""
-    cfg, fit_kw = b.cfg, b.fit_kw
+    cfg, s = b.cfg, b.cfg.settings.get(name, {})          # s: the searched settings (toy/tuning.py), if any
+    fit_kw = {**b.fit_kw, "lr": s.get("lr", cfg.lr)}
     draw = rf.independent_coupling(b.ds.sample0, b.ds.sample1)
     budget = cfg.iters + cfg.distill_iters
     n = cfg.batch_size
     rounds = {}
     if name == "cd":
         model = copy.deepcopy(teacher)
-        train_consistency(model, draw, cfg.distill_iters, teacher=teacher, n_intervals=CD_INTERVALS, ema=EMA,
-                          seed=cfg.seed + 400, desc=name, **fit_kw)
+        train_consistency(model, draw, cfg.distill_iters, teacher=teacher, n_intervals=CD_INTERVALS,
+                          ema=s.get("ema", EMA), seed=cfg.seed + 400, desc=name, **fit_kw)
         cost = (cfg.distill_iters, cfg.distill_iters * n, 0)
     elif name == "ct":
         model = b.new_model()
-        train_consistency(model, draw, budget, ema=EMA, seed=cfg.seed + 401, desc=name, **fit_kw)
+        train_consistency(model, draw, budget, ema=s.get("ema", EMA), seed=cfg.seed + 401, desc=name, **fit_kw)
         cost = (budget, 0, 0)
     elif name == "meanflow":
         model = b.new_model(extra=1)
-        train_meanflow(model, draw, budget, seed=cfg.seed + 402, desc=name, **fit_kw)
+        train_meanflow(model, draw, budget, seed=cfg.seed + 402, equal_fraction=s.get("equal_fraction", 0.75),
+                       desc=name, **fit_kw)
         cost = (budget, 0, budget)
     elif name == "shortcut":
         model = b.new_model(extra=1)
-        train_shortcut(model, draw, budget, m=SHORTCUT_M, seed=cfg.seed + 403, desc=name, **fit_kw)
+        train_shortcut(model, draw, budget, m=SHORTCUT_M, seed=cfg.seed + 403,
+                       consistency_fraction=s.get("consistency_fraction", 0.25), desc=name, **fit_kw)
         cost = (budget, 0, 0)
     elif name == "progressive":
         model = copy.deepcopy(teacher)
-        per_round = max(1, cfg.distill_iters // 4)
-        train_progressive(model, draw, per_round, PD_START, seed=cfg.seed + 404, desc=name,
+        start = s.get("start_steps", PD_START)
+        n_rounds = start.bit_length() - 1                     # start -> start / 2 -> ... -> 1
+        per_round = max(1, cfg.distill_iters // n_rounds)
+        train_progressive(model, draw, per_round, start, seed=cfg.seed + 404, desc=name,
                           on_round=lambda steps, m: rounds.__setitem__(steps, copy.deepcopy(m)), **fit_kw)
-        cost = (4 * per_round, 4 * per_round * n * 2, 0)
+        cost = (n_rounds * per_round, n_rounds * per_round * n * 2, 0)
     elif name in ("dmd2", "sid"):
         model, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
-        gen_steps = max(1, cfg.distill_iters // (1 + RECIPES[name]["fake_updates"]))
-        out = train_distribution_matching(model, teacher, fake, b.ds.sample0, gen_steps, method=name, lr=DM_LR,
-                                          batch_size=n, seed=cfg.seed + 405, desc=name, progress=cfg.progress)
+        recipe = {k: s[k] for k in ("fake_updates",) if k in s}
+        gen_steps = max(1, cfg.distill_iters // (1 + recipe.get("fake_updates", RECIPES[name]["fake_updates"])))
+        out = train_distribution_matching(model, teacher, fake, b.ds.sample0, gen_steps, method=name,
+                                          lr=s.get("lr", DM_LR), alpha=s.get("alpha", 1.2), batch_size=n,
+                                          seed=cfg.seed + 405, desc=name, progress=cfg.progress, **recipe)
         cost = (out["generator_steps"] + out["fake_steps"], out["teacher_evals"], 0)
     else:
         raise ValueError(f"unknown few-step method {name!r}: {', '.join(FEW_STEP)}")
@@ -95,7 +102,8 @@ def score_few_step(name, b, model, rounds):
     steps = b.cfg.steps
     if name in ("cd", "ct"):
         def sampler(m, z, k):
-            return consistency_sample(m, z, k, generator=torch.Generator().manual_seed(b.cfg.seed + 300 + k))
+            return consistency_sample(m, z, k, generator=torch.Generator().manual_seed(b.cfg.seed + 300 + k),
+                                      source=b.ds.sample0)
         return b.score(name, model, steps, flow=False, sampler=sampler)
     if name == "meanflow":
         return b.score(name, model, steps, sampler=meanflow_sample, velocity=lambda x, t: model(x, t, t))
