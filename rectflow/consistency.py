@@ -17,7 +17,8 @@ t_n = n / N (n = 0 .. N - 1), against an EMA copy theta^- of the weights:
 - consistency training (CT): X_hat_{t_{n+1}} = X_{t_{n+1}} of the same pair (X_0, X_1), i.e. the step
   taken with the pair's own velocity X_1 - X_0, no teacher; N grows during training as in the original
   paper's schedule N(k) = ceil(sqrt(k / K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1, s0 = 2, s1 = 150.
-d is the squared L2 distance (the paper's L2; iCT's pseudo-Huber, `rectflow.flow.pseudo_huber`, is `loss_fn`).
+d is the squared L2 distance (the paper's L2); iCT's pseudo-Huber (`rectflow.flow.pseudo_huber`) can be
+passed as `loss_fn`.
 
 Sampling (Algorithm 1): X_1 = f(X_0, 0); for N steps, at t_k = k / N (k = 1 .. N - 1) the estimate is
 sent back to time t_k with fresh noise, X_{t_k} = t_k X_1 + (1 - t_k) Z, and mapped again: X_1 = f(X_{t_k}, t_k).

@@ -9,7 +9,7 @@ import torch
 from tests.commands import run_module
 from toy.compare import ALL, CompareConfig, run_compare
 from toy.experiment import Bench
-from toy import tuning
+from toy import few_step, tuning
 from toy.__main__ import main
 from toy.tuning import KNOBS, LRS, configurations, tune, validation_score
 
@@ -35,6 +35,21 @@ def test_validation_sets_are_no_seeds_evaluation_sets(seed):
     ev = Bench(replace(TINY, seed=seed))
     for a, b in ((val.z_eval, ev.z_eval), (val.target, ev.target)):
         assert torch.cdist(a, b).min() > 1e-6
+
+
+def test_multistep_re_noising_draws_differ_between_validation_and_evaluation(monkeypatch):
+    """CD's and CT's samplers draw fresh noise too: a search must not see the evaluation's draws."""
+    seeds = {}
+
+    def recording(model, z, k, generator, source):
+        seeds.setdefault(split, []).append(generator.initial_seed())
+        return z
+    monkeypatch.setattr(few_step, "consistency_sample", recording)
+    for split in ("evaluation", "validation"):
+        b = Bench(TINY, split)
+        few_step.score_few_step("ct", b, lambda x, t: x, {})
+    assert seeds["evaluation"] == [TINY.seed + 300 + k for k in TINY.steps]       # the documented runs' draws
+    assert not set(seeds["evaluation"]) & set(seeds["validation"])
 
 
 def test_the_search_scores_on_validation_at_seed_0_and_keeps_the_lowest(monkeypatch):

@@ -87,6 +87,7 @@ class Bench:
         cfg.validate()
         self.cfg, self.ds, self.dev = cfg, get_dataset(cfg.dataset), torch.device(cfg.device)
         gen = torch.Generator().manual_seed(cfg.seed + SPLITS[split])
+        self.noise_offset = SPLITS[split] - SPLITS["evaluation"]   # samplers' own noise seeds, apart per split too
         # Quasi-Monte Carlo evaluation sets (see toy/datasets.py), so that W2 measures the model and
         # not the luck of the draw. W2 uses the first n_eval points (a power of 2 suits Sobol).
         # split="validation" draws other sets, which a search may score on (toy/tuning.py).

@@ -102,8 +102,8 @@ def score_few_step(name, b, model, rounds):
     steps = b.cfg.steps
     if name in ("cd", "ct"):
         def sampler(m, z, k):
-            return consistency_sample(m, z, k, generator=torch.Generator().manual_seed(b.cfg.seed + 300 + k),
-                                      source=b.ds.sample0)
+            gen = torch.Generator().manual_seed(b.cfg.seed + 300 + k + b.noise_offset)
+            return consistency_sample(m, z, k, generator=gen, source=b.ds.sample0)
         return b.score(name, model, steps, flow=False, sampler=sampler)
     if name == "meanflow":
         return b.score(name, model, steps, sampler=meanflow_sample, velocity=lambda x, t: model(x, t, t))

@@ -3,9 +3,10 @@
 A comparison is fair only if every method gets the same tuning effort. Each method but 1-rf (the paper's
 recipe, and the flow most others start from) gets the same search: the four learning rates of LRS times
 two values of its main knob (its paper's value, or our default, first), 8 configurations. Each is
-trained at seed 0, its ancestors with their own chosen settings (TUNED), and scored on the *validation*
-sets (Bench's split="validation": noises and targets drawn apart from every seed's evaluation sets), so
-that the evaluation noises never choose. The score is the mean W2 over the step counts 1, 2, 4, 8 the
+trained at seed 0, the flows it starts from (its ancestors) with their own chosen settings (TUNED), and
+scored on the *validation* sets (Bench's split="validation": starting noises, targets and the consistency
+samplers' re-noising draws all seeded apart from the evaluation's; tests check seeds 0-3), so that the
+evaluation noises never choose. The score is the mean W2 over the step counts 1, 2, 4, 8 the
 method samples with (a one-step student or generator: its one step). The choices made are written in
 toy/compare.py's TUNED, the searches' tables in docs/toy.md; `python -m toy compare` uses them.
 """
