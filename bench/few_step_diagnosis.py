@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rectflow as rf  # noqa: E402
 from rectflow.consistency import consistency_fn, consistency_sample  # noqa: E402
 from toy.compare import CompareConfig, run_compare  # noqa: E402
-from toy.datasets import PAPER_MEANS0, PAPER_MEANS1, VAR, get_dataset  # noqa: E402
+from toy.datasets import PAPER_MEANS0, PAPER_MEANS1, VAR  # noqa: E402
 from toy.exact import mixture_velocity  # noqa: E402
+from toy.experiment import Bench  # noqa: E402
 
 TS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 STEPS = (1, 2, 4, 8, 16)
@@ -38,16 +39,13 @@ RENOISE = 8           # re-noising draws per multistep W2: its spread is printed
 def endpoint_maps(models):
     """name -> map(x, t) estimating the ODE endpoint X_1 from (x, t), t a float."""
     exact = mixture_velocity(PAPER_MEANS0, PAPER_MEANS1, VAR)
-
-    def jump(v):
-        return lambda x, t: x + (1 - t) * v(x, torch.full((len(x),), t))
     return {
-        "exact posterior mean E[X_1 | X_t]": jump(exact),
+        "exact posterior mean E[X_1 | X_t]": lambda x, t: rf.data_end(exact, x, t),
         "1-rf's ODE (the teacher)": lambda x, t: rf.solve(models["1-rf"], x, 100, "rk4", t0=t),
-        "1-rf's jump (CD's start)": jump(models["1-rf"]),
+        "1-rf's jump (CD's start)": lambda x, t: rf.data_end(models["1-rf"], x, t),
         "cd": lambda x, t: consistency_fn(models["cd"], x, t),
         "ct": lambda x, t: consistency_fn(models["ct"], x, t),
-        "meanflow": jump(lambda x, t: models["meanflow"](x, t, torch.ones_like(t))),
+        "meanflow": lambda x, t: rf.data_end(lambda y, s: models["meanflow"](y, s, torch.ones_like(s)), x, t),
     }, exact
 
 
@@ -73,17 +71,15 @@ def main():
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = CompareConfig(seed=seed, methods=("cd", "ct", "meanflow"), progress=False)
         res = run_compare(cfg)
+        b = Bench(cfg)                                        # the compare's evaluation sets
+        ds, z, target = b.ds, b.z_eval[:cfg.n_eval], b.target[:cfg.n_eval]
         maps, exact = endpoint_maps(res.models)
-        ds = get_dataset(cfg.dataset)
         errs = endpoint_errors(maps, exact, ds)
         print(f"\nseed {seed}: RMS distance to the exact ODE endpoint from X_t")
         print("| map | " + " | ".join(f"t = {t:.1f}" for t in TS) + " |")
         print("| --- |" + " ---: |" * len(TS))
         for name, e in errs.items():
             print(f"| {name} | " + " | ".join(f"{x:.2f}" for x in e) + " |")
-        gen = torch.Generator().manual_seed(seed + 1)          # Bench's evaluation sets
-        z = ds.sample0(cfg.n_samples, gen, qmc=True)[:cfg.n_eval]
-        target = ds.sample1(cfg.n_samples, gen, qmc=True)[:cfg.n_eval]
         print(f"\nseed {seed}: W2 of multistep consistency samples, mean ± std over {RENOISE} re-noising draws "
               f"(floor {res.metrics['w2_floor']:.3f})")
         print("| method | re-noised with | " + " | ".join(f"N = {k}" for k in STEPS) + " |")

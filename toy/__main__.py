@@ -192,8 +192,7 @@ def main_tune(args, cfg):
     """--tune METHOD: the search's table (each setting's validation score and W2), and tune_METHOD.json."""
     t0 = time.perf_counter()
     rows, best = tune(args.tune, cfg)
-    steps = SCORED_STEPS
-    knob = KNOBS[args.tune][0]
+    knob, steps = KNOBS[args.tune][0], [str(n) for n in SCORED_STEPS]
     lines = [f"{'lr':>8} {knob:>22} {'score':>7}" + "".join(f"{'W2@' + n:>8}" for n in steps)]
     for settings, score, w2 in rows:
         lines.append(f"{settings['lr']:>8.0e} {str(settings[knob]):>22} {score:>7.3f}"

@@ -122,6 +122,7 @@ def run_compare(cfg: CompareConfig, split="evaluation"):
             continue
         s = cfg.settings.get(name, {})
         fit_kw = {**b.fit_kw, "lr": s.get("lr", cfg.lr)}
+        time_sampler = s.get("time_sampler", "uniform")
         if coupling in ("independent", "ot"):
             t0, assign = time.perf_counter(), 0.0
             model = b.new_model()
@@ -133,8 +134,7 @@ def run_compare(cfg: CompareConfig, split="evaluation"):
                 z0, z1, assign = rf.minibatch_ot_pairs(ds.sample0(cfg.n_pairs, gen), ds.sample1(cfg.n_pairs, gen),
                                                        s.get("ot_block", cfg.ot_block))
                 draw = rf.pairs_coupling(z0, z1)
-            rf.train_flow(model, draw, iters, seed=cfg.seed, desc=name, path=path,
-                          time_sampler=s.get("time_sampler", "uniform"), **fit_kw)
+            rf.train_flow(model, draw, iters, seed=cfg.seed, desc=name, path=path, time_sampler=time_sampler, **fit_kw)
             account(name, None, time.perf_counter() - t0, iters, assign=assign)
             b.score(name, model, cfg.steps)
             continue
@@ -146,7 +146,7 @@ def run_compare(cfg: CompareConfig, split="evaluation"):
         if coupling == "pairs":
             iters = cfg.iters
             rf.train_flow(model, draw, iters, seed=cfg.seed + PAIR_SEEDS[parent], desc=name, path=path,
-                          time_sampler=s.get("time_sampler", "uniform"), **fit_kw)
+                          time_sampler=time_sampler, **fit_kw)
         else:
             iters = cfg.distill_iters
             rf.train_student(model, draw, iters, k=1, seed=cfg.seed + 99, desc=name,

@@ -53,6 +53,7 @@ def train_few_step(name, b, teacher):
     cost: gradient steps of this stage, teacher evaluations, jvp calls), then scores it on `b`."""
     cfg, s = b.cfg, b.cfg.settings.get(name, {})          # s: the searched settings (toy/tuning.py), if any
     fit_kw = {**b.fit_kw, "lr": s.get("lr", cfg.lr)}
+    knob = {k: v for k, v in s.items() if k != "lr"}      # the method's main knob: a keyword of its trainer
     draw = rf.independent_coupling(b.ds.sample0, b.ds.sample1)
     budget = cfg.iters + cfg.distill_iters
     n = cfg.batch_size
@@ -60,25 +61,23 @@ def train_few_step(name, b, teacher):
     if name == "cd":
         model = copy.deepcopy(teacher)
         train_consistency(model, draw, cfg.distill_iters, teacher=teacher, n_intervals=CD_INTERVALS,
-                          ema=s.get("ema", EMA), seed=cfg.seed + 400, desc=name, **fit_kw)
+                          seed=cfg.seed + 400, desc=name, **{"ema": EMA, **knob}, **fit_kw)
         cost = (cfg.distill_iters, cfg.distill_iters * n, 0)
     elif name == "ct":
         model = b.new_model()
-        train_consistency(model, draw, budget, ema=s.get("ema", EMA), seed=cfg.seed + 401, desc=name, **fit_kw)
+        train_consistency(model, draw, budget, seed=cfg.seed + 401, desc=name, **{"ema": EMA, **knob}, **fit_kw)
         cost = (budget, 0, 0)
     elif name == "meanflow":
         model = b.new_model(extra=1)
-        train_meanflow(model, draw, budget, seed=cfg.seed + 402, equal_fraction=s.get("equal_fraction", 0.75),
-                       desc=name, **fit_kw)
+        train_meanflow(model, draw, budget, seed=cfg.seed + 402, desc=name, **knob, **fit_kw)
         cost = (budget, 0, budget)
     elif name == "shortcut":
         model = b.new_model(extra=1)
-        train_shortcut(model, draw, budget, m=SHORTCUT_M, seed=cfg.seed + 403,
-                       consistency_fraction=s.get("consistency_fraction", 0.25), desc=name, **fit_kw)
+        train_shortcut(model, draw, budget, m=SHORTCUT_M, seed=cfg.seed + 403, desc=name, **knob, **fit_kw)
         cost = (budget, 0, 0)
     elif name == "progressive":
         model = copy.deepcopy(teacher)
-        start = s.get("start_steps", PD_START)
+        start = knob.get("start_steps", PD_START)
         n_rounds = start.bit_length() - 1                     # start -> start / 2 -> ... -> 1
         per_round = max(1, cfg.distill_iters // n_rounds)
         train_progressive(model, draw, per_round, start, seed=cfg.seed + 404, desc=name,
@@ -86,11 +85,10 @@ def train_few_step(name, b, teacher):
         cost = (n_rounds * per_round, n_rounds * per_round * n * 2, 0)
     elif name in ("dmd2", "sid"):
         model, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
-        recipe = {k: s[k] for k in ("fake_updates",) if k in s}
-        gen_steps = max(1, cfg.distill_iters // (1 + recipe.get("fake_updates", RECIPES[name]["fake_updates"])))
+        gen_steps = max(1, cfg.distill_iters // (1 + knob.get("fake_updates", RECIPES[name]["fake_updates"])))
         out = train_distribution_matching(model, teacher, fake, b.ds.sample0, gen_steps, method=name,
-                                          lr=s.get("lr", DM_LR), alpha=s.get("alpha", 1.2), batch_size=n,
-                                          seed=cfg.seed + 405, desc=name, progress=cfg.progress, **recipe)
+                                          lr=s.get("lr", DM_LR), batch_size=n, seed=cfg.seed + 405, desc=name,
+                                          progress=cfg.progress, **knob)
         cost = (out["generator_steps"] + out["fake_steps"], out["teacher_evals"], 0)
     else:
         raise ValueError(f"unknown few-step method {name!r}: {', '.join(FEW_STEP)}")

@@ -30,7 +30,7 @@ KNOBS = {
     "dmd2": ("fake_updates", (5, 1)),                   # fake-velocity steps per generator step (DMD2: 5)
     "sid": ("alpha", (1.2, 1.0)),                       # SiD's alpha (Zhou et al.: 1.2)
 }
-SCORED_STEPS = ("1", "2", "4", "8")
+SCORED_STEPS = (1, 2, 4, 8)
 
 
 def configurations(method):
@@ -44,7 +44,7 @@ def configurations(method):
 
 def validation_score(w2):
     """Mean W2 over the scored step counts a method has (a one-step model: its one step)."""
-    scored = [w2[n] for n in SCORED_STEPS if n in w2]
+    scored = [w2[str(n)] for n in SCORED_STEPS if str(n) in w2]
     return sum(scored) / len(scored)
 
 
@@ -54,7 +54,7 @@ def tune(method, base=None, run=run_compare):
     base = base or CompareConfig()
     rows = []
     for settings in configurations(method):
-        cfg = replace(base, seed=0, methods=(method,), steps=(1, 2, 4, 8), settings={**TUNED, method: settings})
+        cfg = replace(base, seed=0, methods=(method,), steps=SCORED_STEPS, settings={**TUNED, method: settings})
         w2 = run(cfg, split="validation").metrics["stages"][method]["w2"]
         rows.append((settings, validation_score(w2), w2))
     return rows, min(rows, key=lambda r: r[1])[0]
