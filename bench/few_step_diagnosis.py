@@ -22,10 +22,12 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rectflow as rf  # noqa: E402
 from rectflow.consistency import consistency_fn, consistency_sample  # noqa: E402
+from toy.cli import writable  # noqa: E402
 from toy.compare import CompareConfig, run_compare  # noqa: E402
 from toy.datasets import PAPER_MEANS0, PAPER_MEANS1, VAR  # noqa: E402
 from toy.exact import mixture_velocity  # noqa: E402
@@ -62,14 +64,26 @@ def endpoint_errors(maps, exact, ds, n=2048, seed=7):
     return out
 
 
+def seed_list(text):
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated integer seeds, e.g. 0,1,2")
     p.add_argument("--figure", type=Path)
     args = p.parse_args()
+    if args.figure:                                           # refused before 10 minutes of training, not after
+        try:
+            writable(args.figure, "--figure", suffixes=(".png",))
+        except ValueError as e:
+            p.error(str(e))
     torch.set_num_threads(2)
-    for seed in (int(s) for s in args.seeds.split(",")):
-        cfg = CompareConfig(seed=seed, methods=("cd", "ct", "meanflow"), progress=False)
+    for seed in args.seeds:
+        cfg = CompareConfig(seed=seed, methods=("cd", "ct", "meanflow"))
         res = run_compare(cfg)
         b = Bench(cfg)                                        # the compare's evaluation sets
         ds, z, target = b.ds, b.z_eval[:cfg.n_eval], b.target[:cfg.n_eval]
@@ -88,10 +102,11 @@ def main():
             for label, source in (("N(0, I)", None), ("pi_0", ds.sample0)):
                 w = torch.tensor([[rf.w2(consistency_sample(res.models[m], z, k, source=source,
                                                             generator=torch.Generator().manual_seed(1000 * r + k)),
-                                         target) for k in STEPS] for r in range(RENOISE)])
+                                         target) for k in STEPS]
+                                  for r in tqdm(range(RENOISE), desc=f"{m}, {label} noise", leave=False)])
                 print(f"| {m} | {label} | " + " | ".join(f"{a:.2f} ± {b:.2f}" for a, b in zip(w.mean(0), w.std(0)))
                       + " |")
-        if args.figure and seed == int(args.seeds.split(",")[0]):
+        if args.figure and seed == args.seeds[0]:
             plot(errs, args.figure, seed)
 
 
