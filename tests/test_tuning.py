@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tests.commands import run_module
-from toy.compare import ALL, CompareConfig, run_compare
+import rectflow as rf
+from toy.compare import ALL, CompareConfig, run_compare, with_ancestors
 from toy.experiment import Bench
 from toy import few_step, tuning
 from toy.__main__ import main
@@ -60,7 +61,7 @@ def test_the_search_scores_on_validation_at_seed_0_and_keeps_the_lowest(monkeypa
         def __init__(self, w2):
             self.metrics = {"stages": {"cd": {"w2": w2}}}
 
-    def fake_run(cfg, split):
+    def fake_run(cfg, split, ancestors):
         calls.append((cfg, split))
         s = cfg.settings["cd"]
         err = abs(s["lr"] - 1e-3) * 100 + (0.5 if s["ema"] else 0.0)       # lowest: lr 1e-3, ema 0
@@ -71,6 +72,20 @@ def test_the_search_scores_on_validation_at_seed_0_and_keeps_the_lowest(monkeypa
     assert all(c.seed == 0 and c.methods == ("cd",) for c, _ in calls)
     assert all(c.settings["1-rf-distilled"] == {"lr": 1e-2, "loss": "mse"} for c, _ in calls)   # others: chosen
     assert rows[0][1] == pytest.approx(2.5 + 0.07 + 0.5)          # lr 3e-4, ema 0.95; the mean of 1, 2, 3, 4: 2.5
+
+
+@pytest.mark.parametrize("method", ["2-rf-distilled", "ot-2-rf", "cd"])
+def test_a_search_trains_the_ancestors_once_and_reuses_them_unchanged(method, monkeypatch):
+    cfg = replace(TINY, seed=0, methods=(method,), settings={method: {"lr": 1e-2}})
+    ancestors = {}
+    first = run_compare(cfg, "validation", ancestors)
+    assert set(ancestors) == set(with_ancestors([method])) - {method}
+    trained, train_flow = [], rf.train_flow
+    monkeypatch.setattr(rf, "train_flow", lambda *a, **k: trained.append(k["desc"]) or train_flow(*a, **k))
+    again = run_compare(cfg, "validation", ancestors)
+    assert not set(trained) & set(ancestors) and set(again.metrics["stages"]) == {method}   # not retrained, not rescored
+    for key in ("w2", "grad_steps", "ode_evals", "assign_s"):
+        assert again.metrics["stages"][method][key] == first.metrics["stages"][method][key], key
 
 
 def test_the_validation_score_is_the_mean_w2_over_the_step_counts_a_method_has():

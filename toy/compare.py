@@ -94,8 +94,10 @@ class CompareConfig(Config):
 LOSSES = {"mse": rf.mse, "pseudo_huber": rf.pseudo_huber}
 
 
-def run_compare(cfg: CompareConfig, split="evaluation"):
-    """Train and score the methods of `cfg` on the evaluation sets (or, for a search, the validation sets)."""
+def run_compare(cfg: CompareConfig, split="evaluation", ancestors=None):
+    """Train and score the methods of `cfg` on the evaluation sets (or, for a search, the validation sets).
+    `ancestors`: a dict kept across the runs of one search, whose runs differ only in the searched method's
+    settings. The flows that method starts from are trained and scored in the first run and reused after."""
     b = Bench(cfg, split)
     ds, models = b.ds, b.res.models                          # Bench.score keeps every scored model
     pairs, pair_cost, cost = {}, {}, {}
@@ -117,8 +119,13 @@ def run_compare(cfg: CompareConfig, split="evaluation"):
         return pairs[name]
 
     run = with_ancestors(cfg.methods or ALL)
+    ancestors = {} if ancestors is None else ancestors
+    for name, (model, stage_cost, flow_pairs, flow_pair_cost) in ancestors.items():   # trained by an earlier run
+        models[name], cost[name] = model, stage_cost
+        if flow_pairs is not None:
+            pairs[name], pair_cost[name] = flow_pairs, flow_pair_cost
     for name, (path, coupling, parent) in METHODS.items():
-        if name not in run:
+        if name not in run or name in ancestors:
             continue
         s = cfg.settings.get(name, {})
         fit_kw = {**b.fit_kw, "lr": s.get("lr", cfg.lr)}
@@ -164,8 +171,10 @@ def run_compare(cfg: CompareConfig, split="evaluation"):
                       "cost_s": round(base["cost_s"] + time.perf_counter() - t0, 2)}
         extra[name] = {"teacher_evals": teacher_evals, "jvp_calls": jvps, "needs": FEW_STEP[name][2]}
         score_few_step(name, b, model, rounds)
+    for name in (n for n in run if cfg.methods and n not in cfg.methods and n not in ancestors):
+        ancestors[name] = (models[name], cost[name], pairs.get(name), pair_cost.get(name))
     res = b.finish()
-    for name in run:
+    for name in (n for n in run if n in res.metrics["stages"]):
         path, coupling, parent = METHODS[name] if name in METHODS else ("linear", FEW_STEP[name][1], FEW_STEP[name][0])
         res.metrics["stages"][name].update(path=path, coupling=coupling, parent=parent, **cost[name],
                                            **extra.get(name, {}))
@@ -177,9 +186,11 @@ def run_compare(cfg: CompareConfig, split="evaluation"):
 
 
 def best_per_steps(stages, steps):
-    """For each number of Euler steps, the method with the lowest W2 (a student counts at 1 step)."""
+    """For each number of Euler steps some method was scored at, the method with the lowest W2 (a student counts
+    at 1 step)."""
     out = {}
     for n in steps:
         scored = {m: s["w2"][str(n)] for m, s in stages.items() if str(n) in s["w2"]}
-        out[str(n)] = min(scored, key=scored.get)
+        if scored:
+            out[str(n)] = min(scored, key=scored.get)
     return out

@@ -52,9 +52,9 @@ def tune(method, base=None, run=run_compare):
     """Run the search for `method` at seed 0 on the validation sets. Returns (rows, best): rows a list of
     (settings, validation score, W2 per step count), best the settings of the lowest score."""
     base = base or CompareConfig()
-    rows = []
+    rows, ancestors = [], {}           # the flows `method` starts from: the same in all 8 runs, trained once
     for settings in configurations(method):
         cfg = replace(base, seed=0, methods=(method,), steps=SCORED_STEPS, settings={**TUNED, method: settings})
-        w2 = run(cfg, split="validation").metrics["stages"][method]["w2"]
+        w2 = run(cfg, split="validation", ancestors=ancestors).metrics["stages"][method]["w2"]
         rows.append((settings, validation_score(w2), w2))
     return rows, min(rows, key=lambda r: r[1])[0]
