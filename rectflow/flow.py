@@ -37,13 +37,15 @@ def mse(pred, target):
     return (pred - target).pow(2).mean()
 
 
-def pseudo_huber(pred, target, c=None):
-    """iCT's distance (Song & Dhariwal 2023):  sqrt(||pred - target||^2 + c^2) - c  per sample, averaged;
-    c = 0.00054 sqrt(d) for d coordinates, their choice. Quadratic below c, linear above: a large error
-    pulls no harder than a small one, where the squared error pulls in proportion."""
+def pseudo_huber(pred, target, c=None, weight=None):
+    """iCT's distance (Song & Dhariwal 2023):  sqrt(||pred - target||^2 + c^2) - c  per sample, averaged
+    (weighted by `weight`, one per sample, if given); c = 0.00054 sqrt(d) for d coordinates, their choice.
+    Quadratic below c, linear above: a large error pulls no harder than a small one, where the squared
+    error pulls in proportion."""
     diff = (pred - target).flatten(1)
     c = 0.00054 * diff.shape[1] ** 0.5 if c is None else c
-    return ((diff.pow(2).sum(1) + c ** 2).sqrt() - c).mean()
+    per_sample = (diff.pow(2).sum(1) + c ** 2).sqrt() - c
+    return (per_sample if weight is None else weight * per_sample).mean()
 
 
 def sample_time(n, kind="uniform", generator=None, device=None, mean=0.0, std=1.0):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import rectflow.consistency as consistency
-from rectflow.consistency import consistency_fn, consistency_loss, consistency_sample, ct_schedule, train_consistency
+from rectflow.consistency import (consistency_fn, consistency_loss, consistency_sample, ct_schedule, ict_loss,
+                                  ict_schedule, karras_sigmas, train_consistency)
 from rectflow.flow import pseudo_huber
 from rectflow.train import ema_update
 from rectflow.meanflow import meanflow_loss, meanflow_sample, meanflow_target
@@ -76,6 +77,30 @@ def test_multistep_consistency_sampling_renoises_from_the_source():
     assert drawn == [len(x0)] * 2 and torch.allclose(three, x1)
 
 
+def test_ict_loss_is_its_formula_written_out():
+    """iCT in this time: the Karras grid (doubled), the lognormal index, lambda = 1 / (sigma_{i+1} - sigma_i), the
+    pseudo-Huber distance, and X at noise level sigma the point t = 1 / (1 + sigma) of the path."""
+    model, target, (x0, x1), n = Net(seed=0), Net(seed=1), batch(), 11
+    sig = torch.tensor([(0.004 ** (1 / 7) + k / 10 * (160 ** (1 / 7) - 0.004 ** (1 / 7))) ** 7 for k in range(n)],
+                       dtype=torch.float64)
+    assert torch.allclose(karras_sigmas(n), sig, rtol=1e-12)
+    cdf = torch.erf((sig.log() - (-1.1 + math.log(2))) / (2.0 * math.sqrt(2)))
+    i = torch.multinomial(cdf[1:] - cdf[:-1], len(x0), replacement=True, generator=torch.Generator().manual_seed(5))
+    t, t1 = 1 / (1 + sig[i + 1]), 1 / (1 + sig[i])            # t the noisier point, t1 the cleaner
+    xt, xt1 = (s[:, None] * (x1 + ((1 - s) / s)[:, None] * x0) for s in (t, t1))   # X_t = t (X_1 + sigma X_0)
+    pred, want = xt + (1 - t[:, None]) * model(xt, t), xt1 + (1 - t1[:, None]) * target(xt1, t1)
+    c = 0.00054 * math.sqrt(2)
+    per_sample = ((pred - want).pow(2).sum(1) + c * c).sqrt() - c
+    want_loss = (per_sample / (sig[i + 1] - sig[i])).mean()
+    got = ict_loss(model, target, x0, x1, n, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(got, want_loss, rtol=1e-10), (float(got), float(want_loss))
+
+
+def test_ict_curriculum_doubles_the_grid_in_equal_stages():
+    """K = 8000: K' = 8000 / (log2 128 + 1) = 1000, so 10 intervals up to k = 999, 20 from 1000, 1280 from 7000."""
+    assert [ict_schedule(k, 8000) for k in (0, 999, 1000, 2000, 6999, 7000, 7999)] == [11, 11, 21, 41, 641, 1281, 1281]
+
+
 def test_ema_update_is_the_moving_average_of_the_weights():
     """theta_ema <- decay theta_ema + (1 - decay) theta: 0.9 of the average, 0.1 of the weights (not the reverse)."""
     avg, weights = [torch.zeros(3, dtype=torch.float64)], [torch.full((3,), 10.0, dtype=torch.float64)]
@@ -99,24 +124,26 @@ def test_pseudo_huber_is_icts_distance_written_out():
     assert pseudo_huber(x, x) == 0
 
 
-@pytest.mark.parametrize("kind", ["cd", "ct"])
+@pytest.mark.parametrize("kind", ["cd", "ct", "ict"])
 def test_the_consistency_training_loop_feeds_the_loss_its_grid_and_the_ema_target(kind, monkeypatch):
-    """Each iteration i gets CT's growing grid N(i) - 1 intervals (CD: the fixed grid) and the target network
-    theta^- = EMA of the weights, updated with the weights as they are after step i - 1."""
+    """Each iteration i gets CT's growing grid N(i) - 1 intervals (CD: the fixed grid; iCT: its curriculum's
+    N(i) points) and the target network theta^- = EMA of the weights, updated with the weights as they are
+    after step i - 1."""
     seen = []
 
-    def recording_loss(model, target, x0, x1, n_intervals, teacher=None, cond=None, generator=None, loss_fn=None):
+    def recording_loss(model, target, x0, x1, n, teacher=None, cond=None, generator=None, loss_fn=pseudo_huber):
         assert loss_fn is pseudo_huber                                          # the distance asked for
-        seen.append((n_intervals, [p.detach().clone() for p in model.parameters()],
+        seen.append((n, [p.detach().clone() for p in model.parameters()],
                      [p.detach().clone() for p in target.parameters()]))
         return model(x0, torch.zeros(len(x0), dtype=x0.dtype)).pow(2).mean()
-    monkeypatch.setattr(consistency, "consistency_loss", recording_loss)
+    monkeypatch.setattr(consistency, "ict_loss" if kind == "ict" else "consistency_loss", recording_loss)
     (x0, x1), iters, decay = batch(), 5, 0.8
     coupling = lambda n, g: (x0[:n], x1[:n], None)  # noqa: E731
     model = Net(seed=3)
     train_consistency(model, coupling, iters, teacher=Net(seed=4) if kind == "cd" else None, n_intervals=18,
-                      ema=decay, batch_size=16, progress=False, lr=1e-2, loss_fn=pseudo_huber)
-    want_n = [18] * iters if kind == "cd" else [ct_schedule(i, iters) - 1 for i in range(iters)]
+                      ema=decay, batch_size=16, progress=False, lr=1e-2, loss_fn=pseudo_huber, ict=kind == "ict")
+    want_n = {"cd": [18] * iters, "ct": [ct_schedule(i, iters) - 1 for i in range(iters)],
+              "ict": [ict_schedule(i, iters) for i in range(iters)]}[kind]
     assert [n for n, _, _ in seen] == want_n
     target = [p.clone() for p in seen[0][1]]                                   # theta^- starts as theta
     for _, weights, got in seen:

@@ -56,7 +56,6 @@ METHODS = {
 # knob}. A method not here runs with its defaults (its search has not been run yet).
 TUNED = {
     "cd": {"lr": 1e-2, "ema": 0.95},
-    "ct": {"lr": 3e-3, "ema": 0.95},
 }
 PAIR_SEEDS = {"1-rf": 1, "2-rf": 2, "ot": 3}      # the k of Bench.pairs (1-RF's and 2-RF's as in run)
 ALL = list(METHODS) + list(FEW_STEP)

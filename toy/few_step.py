@@ -15,9 +15,11 @@ toy, sampled with N steps, and what it costs. The objectives are rectflow's (one
                  generator and fake velocity start from it)        velocity together)
 
 Every method gets the budget of 1-rf + its student (2 x 3000 gradient steps by default), the same MLP
-(with one more input for MeanFlow's r and the shortcut's d), batch and learning rate. CD and CT keep
-an EMA copy of the weights as the target (decay 0.95; CD on a fixed grid of 18 intervals, CT on the
-original paper's growing grid). MeanFlow and the shortcut model also have a velocity (u(x, t, t),
+(with one more input for MeanFlow's r and the shortcut's d), batch and learning rate. CD is the consistency
+paper's: an EMA copy of the weights as the target (decay 0.95), a fixed grid of 18 intervals, the squared
+distance. CT is iCT's recipe by default (Song & Dhariwal 2023; rectflow/consistency.py): the online weights as the target,
+the Karras grid on its doubling curriculum, lognormal intervals weighted by lambda, the pseudo-Huber distance;
+its search also tries the consistency paper's (an EMA target, the growing uniform grid, the squared distance). MeanFlow and the shortcut model also have a velocity (u(x, t, t),
 s(x, t, 0)): their straightness is measured on it. DMD2 and SiD split their distill_iters gradient steps
 between the generator and the fake velocity in their papers' ratios (1:5 and 1:1).
 """
@@ -65,7 +67,9 @@ def train_few_step(name, b, teacher):
         cost = (cfg.distill_iters, cfg.distill_iters * n, 0)
     elif name == "ct":
         model = b.new_model()
-        train_consistency(model, draw, budget, seed=cfg.seed + 401, desc=name, **{"ema": EMA, **knob}, **fit_kw)
+        ict = knob.get("ict", True)       # iCT's recipe, whose target is the online weights; or the paper's, an EMA
+        train_consistency(model, draw, budget, ict=ict, ema=0.0 if ict else EMA, seed=cfg.seed + 401, desc=name,
+                          **fit_kw)
         cost = (budget, 0, 0)
     elif name == "meanflow":
         model = b.new_model(extra=1)

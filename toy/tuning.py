@@ -23,7 +23,7 @@ KNOBS = {
     "ot": ("ot_block", (256, 1024)),                    # rows per exact assignment
     "1-rf-distilled": STUDENT, "ot-distilled": STUDENT, "2-rf-distilled": STUDENT,
     "cd": ("ema", (0.95, 0.0)),                         # the target network: an EMA, or iCT's online weights
-    "ct": ("ema", (0.95, 0.0)),
+    "ct": ("ict", (True, False)),                       # iCT's recipe, or the consistency paper's
     "meanflow": ("equal_fraction", (0.75, 0.5)),        # share of (r, t) with r = t (Geng et al.: 75%)
     "shortcut": ("consistency_fraction", (0.25, 0.5)),  # share of the batch on self-consistency (Frans et al.: 1/4)
     "progressive": ("start_steps", (16, 8)),            # the teacher's steps of the first round
