@@ -55,6 +55,7 @@ METHODS = {
 # The settings each method's search chose (`--tune`, toy/tuning.py; the tables in docs/toy.md): method -> {lr, its
 # knob}. A method not here runs with its defaults (its search has not been run yet).
 TUNED = {
+    "ot": {"lr": 1e-2, "ot_block": 256},
     "cd": {"lr": 1e-2, "ema": 0.95},
 }
 PAIR_SEEDS = {"1-rf": 1, "2-rf": 2, "ot": 3}      # the k of Bench.pairs (1-RF's and 2-RF's as in run)
