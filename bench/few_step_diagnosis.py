@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rectflow as rf  # noqa: E402
 from rectflow.consistency import consistency_fn, consistency_sample  # noqa: E402
-from toy.cli import writable  # noqa: E402
+from toy.cli import seed_list, writable  # noqa: E402
 from toy.compare import CompareConfig, run_compare  # noqa: E402
 from toy.datasets import PAPER_MEANS0, PAPER_MEANS1, VAR  # noqa: E402
 from toy.exact import mixture_velocity  # noqa: E402
@@ -62,13 +62,6 @@ def endpoint_errors(maps, exact, ds, n=2048, seed=7):
         for name, f in maps.items():
             out[name].append((f(xt, t) - end).pow(2).sum(1).mean().sqrt().item())
     return out
-
-
-def seed_list(text):
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def main():

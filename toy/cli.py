@@ -1,5 +1,5 @@
 """What every command of the project shares, `python -m toy` and `python -m sd.*` alike (sd/ builds on toy/, never
-the other way): the --help format, the output-path check run before any work, the argparse type of a count, and
+the other way): the --help format, the output-path check run before any work, the argparse types of a count and of a list of seeds, and
 the one line a fast (smoke) run prints and draws on its figures."""
 import argparse
 import tempfile
@@ -29,6 +29,14 @@ def positive_int(text):
     if val < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {val}")
     return val
+
+
+def seed_list(text):
+    """argparse type of a list of seeds: comma-separated integers."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def writable(path, name, folder=False, error=ValueError, suffixes=None):

@@ -74,6 +74,11 @@ def evaluate(model, z0, target, cfg, steps, sampler=None):
     return w2s, samples
 
 
+def config_record(cfg):
+    """The configuration as metrics.json records it (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
 # The seed offset of each split's sets: far apart, so that no run's validation sets are another seed's evaluation sets.
 SPLITS = {"evaluation": 1, "validation": 50_001}
 
@@ -142,7 +147,7 @@ class Bench:
     def finish(self):
         cfg = self.cfg
         self.res.metrics["seconds"] = {k: round(v, 2) for k, v in self.secs.items()}
-        self.res.metrics["config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+        self.res.metrics["config"] = config_record(cfg)
         return self.res
 
 
