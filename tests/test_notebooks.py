@@ -100,6 +100,15 @@ SOLUTIONS = {
         ("fewest_steps = None   # your code here",
          "fewest_steps = {m: next((n for n, x in zip(steps, W[m]) if x < 2.0), None) for m in W}"),
     ],
+    "11_distribution_matching.ipynb": [
+        ("def my_score(v, x, t):\n    # your code here\n    return None",
+         "def my_score(v, x, t):\n    return (t[:, None] * v(x, t) - x) / (1 - t)[:, None]"),
+        ("def my_dmd_direction(x_g, x_real, x_fake):\n    # your code here\n    return None",
+         "def my_dmd_direction(x_g, x_real, x_fake):\n"
+         "    return -(x_fake - x_real) / (x_g - x_real).abs().mean(1, keepdim=True)"),
+        ("def my_lost_share(x):\n    # your code here\n    return None",
+         "def my_lost_share(x):\n    return (torch.cdist(x.double(), modes.double()).argmin(1) == 2).double().mean().item()"),
+    ],
 }
 
 
@@ -179,6 +188,14 @@ WRONG = {
          "    return u, (v + (r - t)[:, None] * dudt).detach()"),
         ("fewest_steps = None   # your code here",
          "fewest_steps = {m: min(steps, key=lambda n: W[m][steps.index(n)]) for m in W}"),
+    ],
+    "11_distribution_matching.ipynb": [   # the score's sign flipped; normalised by the whole batch; within 1 of the mode
+        ("def my_score(v, x, t):\n    # your code here\n    return None",
+         "def my_score(v, x, t):\n    return (x - t[:, None] * v(x, t)) / (1 - t)[:, None]"),
+        ("def my_dmd_direction(x_g, x_real, x_fake):\n    # your code here\n    return None",
+         "def my_dmd_direction(x_g, x_real, x_fake):\n    return -(x_fake - x_real) / (x_g - x_real).abs().mean()"),
+        ("def my_lost_share(x):\n    # your code here\n    return None",
+         "def my_lost_share(x):\n    return ((x - modes[2]).norm(dim=1) < 1).double().mean().item()"),
     ],
 }
 

@@ -55,6 +55,7 @@ METHODS = {
 # The settings each method's search chose (`--tune`, toy/tuning.py; the tables in docs/toy.md): method -> {lr, its
 # knob}. A method not here runs with its defaults (its search has not been run yet).
 TUNED = {
+    "vp": {"lr": 3e-3, "time_sampler": "logit_normal"},
     "ot": {"lr": 1e-2, "ot_block": 256},
     "cd": {"lr": 1e-2, "ema": 0.95},
 }
