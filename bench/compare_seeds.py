@@ -4,7 +4,8 @@
 
 Each seed's metrics are written to OUT/seed{k}.json when its run ends, and reused on the next call if they were
 made with today's configuration (TUNED settings included), so an interrupted run resumes; a record made with
-another configuration is run again. About 11 minutes a seed on 2 CPU cores. Prints markdown:
+another configuration is run again. About 11 minutes a seed on 2 CPU cores (two calls with OMP_NUM_THREADS=1 and
+different seeds share them better than one call with both threads). Prints markdown:
 - for each method, W2 at each step count, mean ± standard deviation over the seeds, and the smallest mode share
   of its one-step samples (a dropped mode shows as 0), averaged over the seeds;
 - for each step count, the best method at each seed: a ranking that changes with the seed shows as such.
@@ -14,8 +15,6 @@ import json
 import statistics
 import sys
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from toy.cli import seed_list, writable  # noqa: E402
@@ -84,7 +83,6 @@ def main(argv=None):
         writable(args.out, "--out", folder=True)                # refused before an hour of training, not after
     except ValueError as e:
         p.error(str(e))
-    torch.set_num_threads(2)
     records = [seed_record(s, args.out) for s in args.seeds]
     print(markdown(records, args.seeds))
 
