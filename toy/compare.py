@@ -55,9 +55,13 @@ METHODS = {
 # The settings each method's search chose (`--tune`, toy/tuning.py; the tables in docs/toy.md): method -> {lr, its
 # knob}. A method not here runs with its defaults (its search has not been run yet).
 TUNED = {
+    "1-rf-2x": {"lr": 3e-4, "time_sampler": "logit_normal"},
     "vp": {"lr": 3e-3, "time_sampler": "logit_normal"},
+    "cosine": {"lr": 1e-3, "time_sampler": "logit_normal"},
     "ot": {"lr": 1e-2, "ot_block": 256},
     "cd": {"lr": 1e-2, "ema": 0.95},
+    "ct": {"lr": 3e-4, "ict": False},
+    "shortcut": {"lr": 1e-2, "consistency_fraction": 0.5},
 }
 PAIR_SEEDS = {"1-rf": 1, "2-rf": 2, "ot": 3}      # the k of Bench.pairs (1-RF's and 2-RF's as in run)
 ALL = list(METHODS) + list(FEW_STEP)
