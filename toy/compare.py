@@ -59,8 +59,10 @@ TUNED = {
     "vp": {"lr": 3e-3, "time_sampler": "logit_normal"},
     "cosine": {"lr": 1e-3, "time_sampler": "logit_normal"},
     "ot": {"lr": 1e-2, "ot_block": 256},
+    "1-rf-distilled": {"lr": 1e-2, "loss": "pseudo_huber"},
     "cd": {"lr": 1e-2, "ema": 0.95},
     "ct": {"lr": 3e-4, "ict": False},
+    "meanflow": {"lr": 1e-3, "equal_fraction": 0.5},
     "shortcut": {"lr": 1e-2, "consistency_fraction": 0.5},
 }
 PAIR_SEEDS = {"1-rf": 1, "2-rf": 2, "ot": 3}      # the k of Bench.pairs (1-RF's and 2-RF's as in run)
