@@ -18,8 +18,8 @@ for a student), on the same dataset, and scored on the same quasi-random evaluat
 
 The reflow and OT couplings are pools of `n_pairs` pairs (20 000 by default) drawn once, as
 `python -m toy` does for reflow; the students of 1-rf and ot reuse the pairs their reflow was
-trained on. 1-rf, 2-rf and 2-rf-distilled are the very runs of `python -m toy` (same seeds, same
-numbers). Each method's cost is what it takes from scratch, its ancestors included: gradient
+trained on. 1-rf is the very run of `python -m toy` (same seeds, same numbers), and so are 2-rf and
+2-rf-distilled at the default settings (settings={}), before their searched settings (TUNED) change them. Each method's cost is what it takes from scratch, its ancestors included: gradient
 steps, velocity evaluations spent simulating pairs (RK4: 4 per step), seconds of assignment, and
 wall-clock seconds of all that (evaluation excluded); the few-step rows add the teacher evaluations
 and jvp calls they spend. On a target with modes (paper, 8gaussians), each row also records the share of
@@ -59,11 +59,13 @@ TUNED = {
     "vp": {"lr": 3e-3, "time_sampler": "logit_normal"},
     "cosine": {"lr": 1e-3, "time_sampler": "logit_normal"},
     "ot": {"lr": 1e-2, "ot_block": 256},
+    "2-rf": {"lr": 1e-2, "time_sampler": "uniform"},
     "1-rf-distilled": {"lr": 1e-2, "loss": "pseudo_huber"},
     "cd": {"lr": 1e-2, "ema": 0.95},
     "ct": {"lr": 3e-4, "ict": False},
     "meanflow": {"lr": 1e-3, "equal_fraction": 0.5},
     "shortcut": {"lr": 1e-2, "consistency_fraction": 0.5},
+    "dmd2": {"lr": 1e-3, "fake_updates": 5},
 }
 PAIR_SEEDS = {"1-rf": 1, "2-rf": 2, "ot": 3}      # the k of Bench.pairs (1-RF's and 2-RF's as in run)
 ALL = list(METHODS) + list(FEW_STEP)
