@@ -65,7 +65,9 @@ TUNED = {
     "ct": {"lr": 3e-4, "ict": False},
     "meanflow": {"lr": 1e-3, "equal_fraction": 0.5},
     "shortcut": {"lr": 1e-2, "consistency_fraction": 0.5},
+    "progressive": {"lr": 1e-2, "start_steps": 16},
     "dmd2": {"lr": 1e-3, "fake_updates": 5},
+    "sid": {"lr": 3e-4, "alpha": 1.0},
 }
 PAIR_SEEDS = {"1-rf": 1, "2-rf": 2, "ot": 3}      # the k of Bench.pairs (1-RF's and 2-RF's as in run)
 ALL = list(METHODS) + list(FEW_STEP)
