@@ -6,8 +6,9 @@ Each seed's metrics are written to OUT/seed{k}.json when its run ends, and reuse
 made with today's configuration (TUNED settings included), so an interrupted run resumes; a record made with
 another configuration is run again. About 11 minutes a seed on 2 CPU cores (two calls with OMP_NUM_THREADS=1 and
 different seeds share them better than one call with both threads). Prints markdown:
-- for each method, W2 at each step count, mean ± standard deviation over the seeds, and the smallest mode share
-  of its one-step samples (a dropped mode shows as 0), averaged over the seeds;
+- for each method, its straightness S (a flow, or a model with a velocity) and W2 at each step count, mean ±
+  standard deviation over the seeds, and the smallest mode share of its one-step samples (a dropped mode shows
+  as 0), averaged over the seeds;
 - for each step count, the best method at each seed: a ranking that changes with the seed shows as such.
 """
 import argparse
@@ -36,18 +37,24 @@ def seed_record(seed, out):
     return metrics
 
 
+def mean_std(vals):
+    return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
 def summary(records, steps):
-    """{method: {"w2": {N: (mean, std)}, "min_share": mean over seeds of the smallest one-step mode share or None}}
-    over the records (one per seed) that scored the method at N."""
+    """{method: {"S": (mean, std) or None, "w2": {N: (mean, std)}, "min_share": mean over seeds of the smallest
+    one-step mode share or None}} over the records (one per seed) that scored the method at N."""
     out = {}
     for m in records[0]["stages"]:
+        straight = [r["stages"][m]["straightness"] for r in records if r["stages"][m].get("straightness") is not None]
         w2 = {}
         for n in steps:
             vals = [r["stages"][m]["w2"][str(n)] for r in records if str(n) in r["stages"][m]["w2"]]
             if vals:
-                w2[n] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+                w2[n] = mean_std(vals)
         shares = [min(r["stages"][m]["mode_shares_1"]) for r in records if "mode_shares_1" in r["stages"][m]]
-        out[m] = {"w2": w2, "min_share": statistics.mean(shares) if shares else None}
+        out[m] = {"S": mean_std(straight) if straight else None, "w2": w2,
+                  "min_share": statistics.mean(shares) if shares else None}
     return out
 
 
@@ -61,12 +68,13 @@ def markdown(records, seeds):
     rows = summary(records, steps)
     lines = [f"W2, mean ± standard deviation over seeds {', '.join(map(str, seeds))}; min share: the smallest "
              "one-step mode share, averaged", "",
-             "| method | " + " | ".join(f"W2@{n}" for n in steps) + " | min share |",
-             "| --- |" + " ---: |" * (len(steps) + 1)]
+             "| method | S | " + " | ".join(f"W2@{n}" for n in steps) + " | min share |",
+             "| --- |" + " ---: |" * (len(steps) + 2)]
     for m, row in rows.items():
+        s = "—" if row["S"] is None else f"{row['S'][0]:.3g} ± {row['S'][1]:.2g}"
         cells = [f"{row['w2'][n][0]:.3f} ± {row['w2'][n][1]:.3f}" if n in row["w2"] else "—" for n in steps]
         share = "—" if row["min_share"] is None else f"{row['min_share']:.3f}"
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {share} |")
+        lines.append(f"| {m} | {s} | " + " | ".join(cells) + f" | {share} |")
     lines += ["", "| steps | best method at each seed |", "| ---: | --- |"]
     lines += [f"| {n} | {' / '.join(best)} |" for n, best in best_per_seed(records, steps).items()]
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from toy.experiment import config_record
 def record(seed, w2_1, w2_2, shares):
     """A compare's metrics with two methods: a flow scored at 1 and 2 steps, a one-step student."""
     return {"config": {"steps": [1, 2], "seed": seed},
-            "stages": {"flow": {"w2": {"1": w2_1, "2": w2_2}, "mode_shares_1": shares},
+            "stages": {"flow": {"straightness": 10.0 * seed, "w2": {"1": w2_1, "2": w2_2}, "mode_shares_1": shares},
                        "student": {"w2": {"1": 1.0}, "mode_shares_1": [0.5, 0.5]}},
             "best": {"1": "student" if w2_1 > 1.0 else "flow", "2": "flow"}}
 
@@ -24,10 +24,11 @@ def test_the_table_is_mean_and_standard_deviation_over_seeds_and_the_best_method
     assert rows["flow"]["w2"][1] == (pytest.approx(2.0), pytest.approx(statistics.stdev([3.0, 0.5, 2.5])))
     assert rows["flow"]["w2"][2][0] == pytest.approx(3.0) and 2 not in rows["student"]["w2"]
     assert rows["flow"]["min_share"] == pytest.approx(0.2)                   # mean of 0.2, 0.4, 0.0
+    assert rows["flow"]["S"] == (pytest.approx(10.0), pytest.approx(10.0)) and rows["student"]["S"] is None
     assert compare_seeds.best_per_seed(records, [1, 2]) == {1: ["student", "flow", "student"], 2: ["flow"] * 3}
     text = compare_seeds.markdown(records, [0, 1, 2])
-    assert "| flow | 2.000 ± 1.323 | 3.000 ± 1.000 | 0.200 |" in text
-    assert "| student | 1.000 ± 0.000 | — | 0.500 |" in text
+    assert "| flow | 10 ± 10 | 2.000 ± 1.323 | 3.000 ± 1.000 | 0.200 |" in text
+    assert "| student | — | 1.000 ± 0.000 | — | 0.500 |" in text
     assert "| 1 | student / flow / student |" in text
 
 
