@@ -149,36 +149,37 @@ def test_python_m_toy_default_run_shows_what_the_paper_shows(default_result):
 
 
 def test_the_straight_path_gives_the_straightest_flow(default_compare):
-    """README: with the independent coupling, linear < cosine < VP in straightness (measured at seeds
-    0/1/2: S = 79/114/200, 78/112/193, 79/113/203: ratios 0.69-0.70 and 0.55-0.58), and the linear
-    path's one-step samples beat VP's (ratio 0.83-0.86). The linear-vs-cosine one-step gap (5-10%) is
-    reported, not asserted."""
+    """docs/toy.md: with the independent coupling, linear < cosine < VP in straightness (each at its searched
+    settings; measured ratios at seeds 0-3: 0.67-0.69 and 0.54-0.55), and the linear path's one-step samples
+    beat VP's (ratio 0.82-0.88)."""
     s = {m: default_compare[m]["straightness"] for m in ("1-rf", "cosine", "vp")}
     assert s["1-rf"] <= 0.85 * s["cosine"] and s["cosine"] <= 0.8 * s["vp"], s
     assert default_compare["1-rf"]["w2"]["1"] <= 0.9 * default_compare["vp"]["w2"]["1"]
 
 
 def test_minibatch_ot_straightens_without_simulation_reflow_straightens_more(default_compare):
-    """README: minibatch OT cuts straightness by > 100x without any ODE solve; reflow of 1-RF is
-    straighter still (measured: S(2-RF) / S(OT) = 0.22, 0.21, 0.23 at seeds 0, 1, 2)."""
+    """README: minibatch OT cuts straightness by > 100x without any ODE solve; reflow of 1-RF (python -m toy's,
+    this fixture's) is straighter still (measured: S(2-RF) / S(OT) = 0.22, 0.21, 0.23 at seeds 0, 1, 2; the
+    searched 2-RF, at lr 1e-2, is less straight: 0.28-0.61 at seeds 0-3, docs/toy.md)."""
     s = {m: default_compare[m]["straightness"] for m in ("1-rf", "ot", "2-rf")}
     assert s["ot"] <= s["1-rf"] / 100 and s["2-rf"] <= s["ot"] / 3, s
     assert default_compare["ot"]["ode_evals"] == 0 < default_compare["2-rf"]["ode_evals"]
 
 
 def test_reflow_after_minibatch_ot_still_straightens(default_compare):
-    """README: reflow of the OT flow lowers S (x0.71-0.73 at seeds 0/1/2) and the one-step W2 (x0.74,
-    x0.88, x0.83); at 100 steps it is worse at all three seeds (it copies the OT flow's errors)."""
+    """docs/toy.md: reflow of the OT flow lowers S (x0.81-0.89 at seeds 0-3, both at their searched settings) and
+    the one-step W2 (x0.63-0.90). Worse than OT at 100 steps at seeds 0-2 and better at seed 3: reported, not
+    asserted."""
     ot, ot2 = default_compare["ot"], default_compare["ot-2-rf"]
-    assert ot2["straightness"] <= 0.85 * ot["straightness"]
-    assert ot2["w2"]["1"] <= 0.9 * ot["w2"]["1"]
-    assert ot2["w2"]["100"] > ot["w2"]["100"]
+    assert ot2["straightness"] <= 0.95 * ot["straightness"]
+    assert ot2["w2"]["1"] <= 0.95 * ot["w2"]["1"]
 
 
 def test_at_one_step_the_distilled_students_win(default_compare):
-    """README: each student beats its teacher's one Euler step: 1-RF's and OT's by >= 10% (measured
-    ratios 0.13/0.13/0.19 and 0.46/0.83/0.71 at seeds 0/1/2), 2-RF's by less (0.60/0.64/0.95: its
-    one step is already good); and the best one-step sampler is a student (all three seeds)."""
+    """docs/toy.md: each student beats its teacher's one Euler step: 1-RF's and OT's by >= 10% (measured ratios
+    0.10-0.19 and 0.44-0.85 at seeds 0-3), python -m toy's 2-RF's by less (0.60/0.64/0.95 at seeds 0-2: its one step
+    is already good); and, distribution
+    matching aside (not run here), the best one-step sampler is a student (every seed)."""
     w1 = {m: s["w2"]["1"] for m, s in default_compare.items()}
     assert w1["1-rf-distilled"] <= 0.9 * w1["1-rf"] and w1["ot-distilled"] <= 0.9 * w1["ot"], w1
     assert w1["2-rf-distilled"] < w1["2-rf"], w1
@@ -187,9 +188,9 @@ def test_at_one_step_the_distilled_students_win(default_compare):
 
 
 def test_the_few_step_families_beat_one_euler_step_of_1rf_but_not_reflow_and_distillation(default_compare):
-    """docs/toy.md: every few-step method's one-step W2 is at most half the 1-RF's one Euler step
-    (measured ratios 0.24-0.44 at seeds 0/1/2); the best one-step sampler is still a reflow or OT
-    student (0.75 / 0.92 / 1.16 against the few-step methods' best 1.80 / 1.80 / 1.94)."""
+    """docs/toy.md: every few-step method's one-step W2 is at most half the 1-RF's one Euler step (the largest
+    ratio at seeds 0-3: 0.40); the best one-step sampler is still a reflow or OT student (0.69 / 0.86 / 1.13 / 0.98 against
+    the best of cd, ct, meanflow, shortcut and progressive: 1.80 / 1.80 / 1.94 / 1.90)."""
     w1 = {m: s["w2"]["1"] for m, s in default_compare.items()}
     few = ["cd", "ct", "meanflow", "shortcut", "progressive"]
     assert all(w1[m] <= 0.5 * w1["1-rf"] for m in few), w1
@@ -197,9 +198,10 @@ def test_the_few_step_families_beat_one_euler_step_of_1rf_but_not_reflow_and_dis
 
 
 def test_consistency_sampling_renoised_from_the_source_does_not_collapse(default_compare):
-    """docs/toy.md (diagnosis): re-noised from pi_0, CT at 8 steps is at most 0.6x its one step (measured 0.38 at
-    seed 0) and CD stays within 2x of its one step up to 16 steps (measured at most 1.49x). Re-noised with N(0, I),
-    off the paper pair's mixture source, CT at 8 steps was 1.76x its one step and CD 3.3x (before CD's search)."""
+    """docs/toy.md (diagnosis): re-noised from pi_0, CT at 2 steps is at most 0.85x its one step (measured 0.67-0.78
+    at seeds 0-3) and no worse than 1.1x up to 16 steps (measured at most 0.99x), and CD stays within 2x of its one
+    step up to 16 steps (measured at most 1.78x). Re-noised with N(0, I), off the paper pair's mixture source, CT at 8
+    steps was 1.76x its one step and CD 3.3x (before the searches)."""
     ct, cd = default_compare["ct"]["w2"], default_compare["cd"]["w2"]
-    assert ct["8"] <= 0.6 * ct["1"], ct
+    assert ct["2"] <= 0.85 * ct["1"] and max(ct[n] for n in ("2", "4", "8", "16")) <= 1.1 * ct["1"], ct
     assert max(cd[n] for n in ("2", "4", "8", "16")) <= 2 * cd["1"], cd
