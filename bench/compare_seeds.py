@@ -26,11 +26,11 @@ from toy.experiment import config_record  # noqa: E402
 def seed_record(seed, out):
     """The metrics of the default compare at `seed`: OUT/seed{k}.json if made with today's configuration, else run."""
     path = out / f"seed{seed}.json"
-    cfg = CompareConfig(seed=seed, progress=False)
+    cfg = CompareConfig(seed=seed)                          # progress bars on: a seed takes minutes
     if path.exists():
         record = json.loads(path.read_text())
-        if record["config"] == json.loads(json.dumps(config_record(cfg))):
-            return record
+        if {**record["config"], "progress": cfg.progress} == json.loads(json.dumps(config_record(cfg))):
+            return record                                   # (whether it showed bars changes no number)
         print(f"{path} was made with another configuration: running seed {seed} again", flush=True)
     metrics = run_compare(cfg).metrics
     path.write_text(json.dumps(metrics, indent=1))
