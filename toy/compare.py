@@ -1,8 +1,9 @@
 """`python -m toy compare`: the ways to get a fast flow, side by side, on one budget.
 
-Every method is trained through `rectflow/` with the same MLP, the same initial weights, batch,
-learning rate and number of gradient steps per training stage (`iters` for a flow, `distill_iters`
-for a student), on the same dataset, and scored on the same quasi-random evaluation sets as
+Every method is trained through `rectflow/` with the same MLP, the same initial weights, batch and
+number of gradient steps per training stage (`iters` for a flow, `distill_iters` for a student), each
+with the learning rate and main knob of the same search (TUNED below; toy/tuning.py), on the same
+dataset, and scored on the same quasi-random evaluation sets as
 `python -m toy` (W2 of N-step Euler samples, straightness S along 100 Euler steps).
 
     method          interpolation  coupling                                   starts from
@@ -19,8 +20,9 @@ for a student), on the same dataset, and scored on the same quasi-random evaluat
 The reflow and OT couplings are pools of `n_pairs` pairs (20 000 by default) drawn once, as
 `python -m toy` does for reflow; the students of 1-rf and ot reuse the pairs their reflow was
 trained on. 1-rf is the very run of `python -m toy` (same seeds, same numbers), and so are 2-rf and
-2-rf-distilled at the default settings (settings={}), before their searched settings (TUNED) change them. Each method's cost is what it takes from scratch, its ancestors included: gradient
-steps, velocity evaluations spent simulating pairs (RK4: 4 per step), seconds of assignment, and
+2-rf-distilled at the default settings (settings={}), before their searched settings (TUNED) change
+them. Each method's cost is what it takes from scratch, its ancestors included: gradient steps,
+velocity evaluations spent simulating pairs (RK4: 4 per step), seconds of assignment, and
 wall-clock seconds of all that (evaluation excluded); the few-step rows add the teacher evaluations
 and jvp calls they spend. On a target with modes (paper, 8gaussians), each row also records the share of
 its one-step samples nearest each mode, so that a dropped mode shows as a 0. --methods a,b,c runs a
@@ -53,7 +55,7 @@ METHODS = {
     "2-rf-distilled": (None, "distill", "2-rf"),
 }
 # The settings each method's search chose (`--tune`, toy/tuning.py; the tables in docs/toy.md): method -> {lr, its
-# knob}. A method not here runs with its defaults (its search has not been run yet).
+# knob}. Every method but 1-rf (the paper's recipe) has had its search; one left out would run with its defaults.
 TUNED = {
     "1-rf-2x": {"lr": 3e-4, "time_sampler": "logit_normal"},
     "vp": {"lr": 3e-3, "time_sampler": "logit_normal"},

@@ -15,13 +15,15 @@ toy, sampled with N steps, and what it costs. The objectives are rectflow's (one
                  generator and fake velocity start from it)        velocity together)
 
 Every method gets the budget of 1-rf + its student (2 x 3000 gradient steps by default), the same MLP
-(with one more input for MeanFlow's r and the shortcut's d), batch and learning rate. CD is the consistency
+(with one more input for MeanFlow's r and the shortcut's d) and batch; the learning rate and main knob are
+each method's search's (TUNED in toy/compare.py). CD is the consistency
 paper's: an EMA copy of the weights as the target (decay 0.95), a fixed grid of 18 intervals, the squared
-distance. CT is iCT's recipe by default (Song & Dhariwal 2023; rectflow/consistency.py): the online weights as the target,
-the Karras grid on its doubling curriculum, lognormal intervals weighted by lambda, the pseudo-Huber distance;
-its search also tries the consistency paper's (an EMA target, the growing uniform grid, the squared distance). MeanFlow and the shortcut model also have a velocity (u(x, t, t),
-s(x, t, 0)): their straightness is measured on it. DMD2 and SiD split their distill_iters gradient steps
-between the generator and the fake velocity in their papers' ratios (1:5 and 1:1).
+distance. CT has two recipes: iCT's, the default (Song & Dhariwal 2023; rectflow/consistency.py: the
+online weights as the target, the Karras grid on its doubling curriculum, lognormal intervals weighted
+by lambda, the pseudo-Huber distance), and the consistency paper's (an EMA target, the growing uniform
+grid, the squared distance), which its search chose (TUNED). MeanFlow and the shortcut model also have
+a velocity (u(x, t, t), s(x, t, 0)): their straightness is measured on it. DMD2 and SiD split their
+distill_iters gradient steps between the generator and the fake velocity in their papers' ratios (1:5 and 1:1).
 """
 import copy
 
@@ -47,7 +49,7 @@ FEW_STEP = {
     "sid": ("1-rf", "SiD (1-rf)", "a teacher flow, a fake velocity, gradients through both"),
 }
 CD_INTERVALS, EMA, PD_START, SHORTCUT_M = 18, 0.95, 16, 128
-DM_LR = 3e-4      # distribution matching's default constant learning rate, small as in both papers (TUNED: the searched)
+DM_LR = 3e-4      # distribution matching's default constant learning rate, small as in both papers (searched: TUNED)
 
 
 def train_few_step(name, b, teacher):
