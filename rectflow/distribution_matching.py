@@ -84,26 +84,35 @@ def sid_loss(x_g, real, fake, x0, t, cond=None, alpha=1.2):
     return ((gap * ((x_real - x_g) - alpha * gap)).flatten(1).sum(1) / w).mean()
 
 
-def fake_loss(fake, generator, z, x0, cond=None, rng=None):
-    """Eq. (1) for the fake velocity on the generator's outputs (detached): it learns the generator's law."""
+def fake_loss(fake, generator, z, x0, cond=None, rng=None, objective=None):
+    """Eq. (1) for the fake velocity on the generator's outputs (detached): it learns the generator's law.
+    objective(x0, x_g, cond, rng) replaces Eq. (1) by another denoising loss of the fake network (DMD2 trains its
+    fake score with the teacher's own: epsilon prediction on the mini)."""
     with torch.no_grad():
         x_g = one_step(generator, z, cond)
+    if objective is not None:
+        return objective(x0, x_g, cond, rng)
     return rf_loss(fake, x0, x_g, cond, generator=rng)
 
 
 def train_distribution_matching(generator, teacher, fake, sample0, iters, method="dmd2", lr=1e-4, batch_size=1024,
                                 alpha=1.2, pairs=None, regression_weight=0.25, t_range=T_RANGE, seed=0,
-                                desc=None, progress=True, **recipe):
+                                sample_cond=None, fake_objective=None, as_velocity=None, desc=None, progress=True,
+                                **recipe):
     """`iters` generator steps of `method` ("dmd2" or "sid"), each after recipe["fake_updates"] steps of the fake
     velocity. generator: the velocity network sampled by `one_step`; teacher: the frozen velocity v_real (a network
     or a function); fake: a velocity network (the papers start it, and the generator, from the teacher's weights);
     sample0(n, rng) draws the source X_0. pairs = (z, x1): the teacher's pairs for DMD's regression loss,
-    weighted by `regression_weight`. `recipe` overrides RECIPES[method]. Returns the losses and the counts."""
+    weighted by `regression_weight` (unconditional models only). `recipe` overrides RECIPES[method].
+    A conditional model (text to image): sample_cond(n, rng) draws the batch's condition, which every network
+    sees; fake_objective: `fake_loss`'s objective; as_velocity(net) -> v(x, t, cond) for networks called
+    otherwise (a UNet takes the timestep (1 - t) 1000). Returns the losses and the counts."""
     if method not in RECIPES:
         raise ValueError(f"unknown distribution-matching method {method!r}: {', '.join(RECIPES)}")
     positive_int(iters, "iters")
     r = {**RECIPES[method], **recipe}
     generator_loss = dmd_loss if method == "dmd2" else functools.partial(sid_loss, alpha=alpha)
+    v_gen, v_fake = (generator, fake) if as_velocity is None else (as_velocity(generator), as_velocity(fake))
     rng = torch.Generator().manual_seed(seed)
     dev = next(generator.parameters()).device
     opts = {net: torch.optim.AdamW(net.parameters(), lr=lr, betas=r["betas"], weight_decay=r["weight_decay"])
@@ -118,21 +127,25 @@ def train_distribution_matching(generator, teacher, fake, sample0, iters, method
         return loss.item()
 
     def draw():
-        return sample0(batch_size, rng).to(dev), sample0(batch_size, rng).to(dev)     # z for G, X_0 for the path
+        """z for G, X_0 for the path, and the condition (None for an unconditional model)."""
+        z, x0 = sample0(batch_size, rng).to(dev), sample0(batch_size, rng).to(dev)
+        return z, x0, None if sample_cond is None else sample_cond(batch_size, rng)
 
     log = {"generator_loss": [], "fake_loss": []}
     generator.train()
     fake.train()
     for _ in tqdm(range(iters), desc=desc or method, disable=not progress, leave=False):
         for _ in range(r["fake_updates"]):                      # two time scales: the fake law keeps up with G's
-            log["fake_loss"].append(step(fake, fake_loss(fake, generator, *draw(), rng=rng)))
-        z, x0 = draw()
+            loss = fake_loss(v_fake, v_gen, *draw(), rng=rng, objective=fake_objective)
+            log["fake_loss"].append(step(fake, loss))
+        z, x0, cond = draw()
         t = t_range[0] + (t_range[1] - t_range[0]) * torch.rand(batch_size, generator=rng).to(dev)
         with frozen(teacher, fake):                             # SiD's gradient flows through their inputs only
-            loss = generator_loss(one_step(generator, z), teacher, fake, x0, t)
+            loss = generator_loss(one_step(v_gen, z, cond), teacher, v_fake, x0, t, cond)
             if pairs is not None:                               # DMD's regression on the teacher's pairs
                 idx = torch.randint(len(pairs[0]), (batch_size,), generator=rng)
-                loss = loss + regression_weight * mse(one_step(generator, pairs[0][idx].to(dev)), pairs[1][idx].to(dev))
+                x1_hat = one_step(v_gen, pairs[0][idx].to(dev))
+                loss = loss + regression_weight * mse(x1_hat, pairs[1][idx].to(dev))
             log["generator_loss"].append(step(generator, loss))
     generator.eval()
     fake.eval()

@@ -102,6 +102,41 @@ def test_two_time_scales_and_which_weights_move(method):
     assert not torch.equal(weights["gen"], weights["before"]) and not torch.equal(weights["fake"], weights["before"])
 
 
+def test_a_conditional_model_sees_its_condition_everywhere_and_the_fake_its_own_objective():
+    """Text to image (the mini's DMD2 stage): each batch's drawn condition reaches the generator, the teacher and
+    the fake velocity; `fake_objective` trains the fake on the generator's detached samples under the same
+    condition; networks are called through `as_velocity`."""
+    seen, drawn, fake_batches, wrapped = [], [], [], []
+
+    def sample_cond(n, rng):
+        drawn.append(torch.rand(n, generator=rng, dtype=torch.float64))
+        return drawn[-1]
+
+    def as_velocity(net):                        # the network takes the timestep 1 - t, as a UNet (1 - t) 1000
+        wrapped.append(net)
+        return lambda x, t, c: seen.append((net, c)) or net(x, 1 - t, c)
+
+    def teacher(x, t, c):
+        seen.append(("teacher", c))
+        return -x + c[:, None]
+
+    gen, fake = Net(extra=1, seed=3), Net(extra=1, seed=4)
+
+    def objective(x0, x_g, cond, rng):
+        fake_batches.append((x_g.requires_grad, cond))
+        return rf.rf_loss(as_velocity(fake), x0, x_g, cond, generator=rng)
+    source = lambda n, g: torch.randn(n, 2, generator=g, dtype=torch.float64)      # noqa: E731
+    out = train_distribution_matching(gen, teacher, fake, source, 2, batch_size=8, sample_cond=sample_cond,
+                                      fake_objective=objective, as_velocity=as_velocity, progress=False)
+    assert wrapped[:2] == [gen, fake] and len(out["fake_loss"]) == 10 and len(drawn) == 12    # 5 + 1 draws a step
+    assert all(c is not None for _, c in seen) and {who for who, _ in seen} == {gen, fake, "teacher"}
+    fakes_drawn = [drawn[i] for i in range(12) if i % 6 != 5]                                # the fake's draws
+    assert len(fake_batches) == 10 and all(c is d for (_, c), d in zip(fake_batches, fakes_drawn))
+    assert not any(grad for grad, _ in fake_batches)                                         # G's samples detached
+    teacher_conds = [c for who, c in seen if who == "teacher"]
+    assert len(teacher_conds) == 2 and all(c is drawn[i] for c, i in zip(teacher_conds, (5, 11)))   # G's draws
+
+
 @pytest.mark.parametrize("method", ["dmd2", "sid"])
 def test_a_generator_moves_onto_the_teachers_law(method):
     """From G(z) = z (the source itself, W2 3.6 from the target), a few hundred steps against the exact flow of
