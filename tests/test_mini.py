@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from sd.checkpoints.safetensors_io import SafeOpen
 from sd.mini import models, shapes
-from sd.sampling.samplers import eps_velocity, sd_alphas_cumprod
+from sd.sampling.samplers import EpsFlow, eps_velocity, sd_alphas_cumprod
 from tests.conftest import ROOT
 
 
@@ -40,7 +41,8 @@ def test_the_judge_accepts_the_data_and_rejects_wrong_images():
 
 def test_the_eps_teacher_as_a_velocity_field_is_exact_for_a_point_mass():
     """For data = one point x*, the ideal eps model is eps(x, k) = (x - alpha_k x*) / sigma_k;
-    its rectified-flow velocity must then be x* - X_0 at every t."""
+    its rectified-flow velocity must then be x* - X_0 at every t, also called as a flow UNet (EpsFlow, DMD2's
+    generator on the mini) at the timestep (1 - t) 1000."""
     ac = sd_alphas_cumprod()
     g = torch.Generator().manual_seed(0)
     x_star, x0 = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
@@ -51,6 +53,8 @@ def test_the_eps_teacher_as_a_velocity_field_is_exact_for_a_point_mass():
     t = torch.tensor([0.2, 0.5, 0.95])
     X = t[:, None] * x_star + (1 - t[:, None]) * x0
     assert torch.allclose(eps_velocity(eps_model)(X, t), x_star - x0, atol=1e-4)
+    as_flow_unet = EpsFlow(lambda x, k, context: eps_model(x, k))
+    assert torch.allclose(as_flow_unet(X, (1 - t) * 1000, None), x_star - x0, atol=1e-4)
 
 
 def test_mini_fast_runs_every_stage_and_resumes(mini_fast, tmp_path):
@@ -63,8 +67,8 @@ def test_mini_fast_runs_every_stage_and_resumes(mini_fast, tmp_path):
     fast = MiniConfig.fast()
     assert m["config"] == json.loads(json.dumps(asdict(fast)))
     names = ["teacher, 4 steps", "teacher, 1 step", "teacher, 2 steps", "2-RF, 1 step", "2-RF, 2 steps", "2-RF, 4 steps",
-             "distilled 2-RF, 1 step", "LCM, 1 step", "LCM, 2 steps", "LCM, 4 steps"]
-    assert list(m)[1:12] == names + ["held-out renders"] and m["teacher, 4 steps"]["mse_to_teacher"] == 0   # the reference
+             "distilled 2-RF, 1 step", "LCM, 1 step", "LCM, 2 steps", "LCM, 4 steps", "DMD2, 1 step"]
+    assert list(m)[1:13] == names + ["held-out renders"] and m["teacher, 4 steps"]["mse_to_teacher"] == 0   # the reference
     floor = m["held-out renders"]
     assert floor["fd"] > 0 and 0 <= floor["caption_score"] <= 1 and floor["judge"] == 1.0
     assert all(m[k]["fd"] > 0 and 0 <= m[k]["caption_score"] <= 1 for k in names)
@@ -84,6 +88,11 @@ def test_mini_fast_runs_every_stage_and_resumes(mini_fast, tmp_path):
     assert (run / "control.png").stat().st_size > 1000
     assert "distilled 2-RF, 1 step" in stdout
     assert m["LCM, 1 step"]["sampler"] == "consistency" and m["seconds"]["lcm"] > 0
+    # DMD2: the same budget, generator and fake steps together in DMD2's ratio 1:5
+    dmd2 = SafeOpen(run / "dmd2" / "generator.safetensors").metadata()
+    assert (json.loads(dmd2["generator_steps"]), json.loads(dmd2["fake_steps"])) == (2, 10) == (
+        (fast.reflow_iters + fast.distill_iters) // 6, 5 * (fast.reflow_iters + fast.distill_iters) // 6)
+    assert m["DMD2, 1 step"]["sampler"] == "euler" and m["seconds"]["dmd2"] > 0
     for stage, iters in (("teacher", fast.teacher_iters), ("2rf", fast.reflow_iters), ("student", fast.distill_iters),
                          ("lcm", fast.reflow_iters + fast.distill_iters)):       # LCM: the 2-RF's + student's budget
         assert latest_checkpoint(run / stage).name == f"step-{iters:07d}.safetensors"   # every step ran
@@ -98,8 +107,8 @@ def test_mini_fast_runs_every_stage_and_resumes(mini_fast, tmp_path):
     kept = stamps()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0
-    assert stamps() == kept and len(kept) == 11   # 4 checkpoints, 2 manifests, 2 shards, the ControlNet, the feature net,
-    #                                               config.json
+    assert stamps() == kept and len(kept) == 12   # 4 checkpoints, 2 manifests, 2 shards, the ControlNet, the feature net,
+    #                                               DMD2's generator, config.json
     m2 = json.loads((run / "metrics.json").read_text())
     assert all(m2[k] == m[k] for k in names + ["held-out renders", "straightness", "inversion", "edit", "controlnet"])
 

@@ -12,6 +12,9 @@ Nine stages, one function each (`stage_*`), in this order and with these numbers
     5. LCM         the rival: latent consistency distillation of the same guided teacher   objective "consistency"
                    (one DDIM step per grid interval, an EMA target) on the training images, for as many
                    gradient steps as stages 3 and 4 together; multistep consistency sampling
+    5b. DMD2       the second rival: distribution matching (rectflow/distribution_matching.py) of the same guided
+                   teacher, generator and fake score started as the teacher, for as many gradient steps (both
+                   networks together) as stages 3 and 4; one step
     6. features    a small CNN trained once on renders: the features of the mini's FID and CLIP score
                    (sd/mini/features.py)
     7. evaluate    on held-out noises: prompt fidelity (the rule-based judge), the distance to the teacher's
@@ -31,6 +34,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from rectflow.distribution_matching import RECIPES, train_distribution_matching
 from rectflow.flow import mse
 from rectflow.metrics import straightness
 from toy.cli import FAST_NOTE
@@ -41,9 +45,9 @@ from ..checkpoints.safetensors_io import save_file
 from ..sampling.euler import rf_timestep
 from ..sampling.loop import cfg_context, guided_model, sample
 from ..sampling.pipeline import noises
-from ..sampling.samplers import eps_velocity
+from ..sampling.samplers import EpsFlow, eps_velocity
 from ..training import triplets
-from ..training.objectives import eps_teacher, lpips_distance
+from ..training.objectives import draw, eps_teacher, flow, loss, lpips_distance
 from ..training.trainer import TrainConfig, latest_checkpoint, train, weights
 from . import control, edit, features, models, shapes
 
@@ -66,6 +70,7 @@ class MiniConfig:
     lcm_lr: float = 5e-4           # LCM's, for reflow_iters + distill_iters steps (docs/training.md: its choice)
     lcm_intervals: int = 20        # LCM's grid of teacher ODE steps (LCM: 50 DDIM steps of skip 20 on SD)
     lcm_ema: float = 0.95          # the target network's EMA decay (LCM's)
+    dmd_lr: float = 1e-4           # DMD2's, for reflow_iters + distill_iters steps of generator and fake score
     batch_size: int = 64
     eval_samples: int = 256
     straightness_steps: int = 16
@@ -253,6 +258,42 @@ def stage_lcm(teacher, text_encoder, tok, images, caps, out, cfg, progress):
     return lcm
 
 
+def stage_dmd2(teacher, text_encoder, tok, out, cfg, progress):
+    """5b. DMD2 (Yin et al. 2024) of the CFG-guided teacher: the generator and the fake score are epsilon UNets
+    started as the teacher (EpsFlow: DMD2 keeps the teacher's parametrisation), the fake score trained on the
+    generator's samples by the teacher's own loss; (reflow_iters + distill_iters) gradient steps split 1:5
+    between them, DMD2's ratio. Resumes per stage: a finished generator is loaded, an interrupted one restarts."""
+    f = Path(out) / "generator.safetensors"
+    generator = EpsFlow(models.unet())
+    if f.exists():
+        generator.unet.load_state_dict(read_weights(f))
+        return generator.eval()
+    generator.unet.load_state_dict(teacher.state_dict())
+    fake = EpsFlow(models.unet())
+    fake.unet.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        real = eps_teacher(teacher, text_encoder(tok([""])), cfg.guidance)
+
+    def captions(n, rng):
+        with torch.no_grad():
+            picks = torch.randint(len(shapes.CAPTIONS), (n,), generator=rng)
+            return text_encoder(tok([shapes.CAPTIONS[i] for i in picks]))
+
+    def fake_eps_loss(x0, x_g, context, rng):
+        return loss("eps", fake.unet, x0, x_g, context, draw("eps", len(x_g), x_g.shape[1:], rng))
+
+    gen_steps = max(1, (cfg.reflow_iters + cfg.distill_iters) // (1 + RECIPES["dmd2"]["fake_updates"]))
+    log = train_distribution_matching(generator, real, fake, lambda n, rng: torch.randn((n, *image_shape(cfg)),
+                                      generator=rng), gen_steps, "dmd2", lr=cfg.dmd_lr, batch_size=cfg.batch_size,
+                                      seed=cfg.seed + 5, sample_cond=captions, fake_objective=fake_eps_loss,
+                                      as_velocity=flow, desc="DMD2", progress=progress)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in generator.unet.state_dict().items()}, f,
+              metadata={k: json.dumps(log[k]) for k in ("generator_loss", "fake_loss", "generator_steps",
+                                                        "fake_steps")})
+    return generator.eval()
+
+
 def stage_features(out, cfg, progress):
     """6. The FD's feature net trained on renders (sd/mini/features.py), or loaded when a previous run made it."""
     f = Path(out) / "shapenet.safetensors"
@@ -270,7 +311,7 @@ def stage_features(out, cfg, progress):
 def stage_evaluate(nets, text_encoder, tok, feature_net, out, cfg):
     """7. Every model at 1, 2, 4 steps (the teacher also at its own) on held-out noises, every caption equally
     often: the judge's fidelity, the distance to the teacher's many-step image, FD to held-out renders and the
-    caption score; straightness; grid.png. nets: {"teacher", "2-RF", "distilled 2-RF", "LCM"} -> UNet."""
+    caption score; straightness; grid.png. nets: {"teacher", "2-RF", "distilled 2-RF", "LCM", "DMD2"} -> UNet."""
     eval_caps = [shapes.CAPTIONS[i % len(shapes.CAPTIONS)] for i in range(cfg.eval_samples)]
     ids = tok(eval_caps)
     x0 = noises(image_shape(cfg), range(90_000, 90_000 + cfg.eval_samples))
@@ -278,9 +319,9 @@ def stage_evaluate(nets, text_encoder, tok, feature_net, out, cfg):
     runs = {label(who, n, "s" * (n > 1)): (nets[who], n, g, solver) for who, g, solver, steps in (
         ("teacher", cfg.guidance, "dpm++", [cfg.teacher_steps] + [n for n in (1, 2, 4) if n != cfg.teacher_steps]),
         ("2-RF", 1.0, "euler", (1, 2, 4)), ("distilled 2-RF", 1.0, "euler", (1,)),
-        ("LCM", 1.0, "consistency", (1, 2, 4))) for n in steps}
+        ("LCM", 1.0, "consistency", (1, 2, 4)), ("DMD2", 1.0, "euler", (1,))) for n in steps}
     in_grid = [label("teacher", cfg.teacher_steps, "s"), "teacher, 1 step", "2-RF, 1 step", "2-RF, 4 steps",
-               "distilled 2-RF, 1 step", "LCM, 1 step", "LCM, 4 steps"]
+               "distilled 2-RF, 1 step", "LCM, 1 step", "LCM, 4 steps", "DMD2, 1 step"]
     metrics, shown, reference = {}, {}, None
     # held-out renders of the same captions: what FD measures against, and a second set for its floor
     renders, renders2 = (shapes.render(eval_caps, cfg.size, torch.Generator().manual_seed(cfg.seed + k)) for k in (12, 13))
@@ -410,8 +451,9 @@ def run(cfg=MiniConfig(), out="runs/mini", progress=True, lpips_files=None):
     rf2 = timed("reflow", stage_reflow, teacher, text_encoder, tok, data, out / "2rf", cfg, progress)
     student = timed("distill", stage_student, rf2, text_encoder, tok, prompts, out, cfg, progress, lpips_files)
     lcm = timed("lcm", stage_lcm, teacher, text_encoder, tok, images, caps, out / "lcm", cfg, progress)
+    dmd2 = timed("dmd2", stage_dmd2, teacher, text_encoder, tok, out / "dmd2", cfg, progress)
     feature_net = timed("features", stage_features, out / "features", cfg, progress)
-    nets = {"teacher": teacher, "2-RF": rf2, "distilled 2-RF": student, "LCM": lcm}
+    nets = {"teacher": teacher, "2-RF": rf2, "distilled 2-RF": student, "LCM": lcm, "DMD2": dmd2}
     metrics = {"config": asdict(cfg)}
     metrics.update(timed("evaluate", stage_evaluate, nets, text_encoder, tok, feature_net, out, cfg))
     metrics.update(timed("edit", stage_edit, nets, text_encoder, tok, out, cfg))

@@ -57,6 +57,19 @@ def eps_velocity(eps_model, alphas_cumprod=None):
     return v
 
 
+class EpsFlow(torch.nn.Module):
+    """An epsilon UNet called as a flow UNet: forward(x, timestep (1 - t) 1000, context) is the velocity of
+    `eps_velocity` at rectified-flow time t. Its weights stay the epsilon model's, so a network trained from the
+    teacher in this form starts as the teacher itself (DMD2's generator and fake score on the mini)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, timesteps, context):
+        return eps_velocity(lambda xk, k: self.unet(xk, k, context))(x, 1.0 - timesteps / 1000.0)
+
+
 def ddim_timesteps(steps, n=1000, offset=1):
     ratio = n // steps
     return (np.arange(0, steps) * ratio).round()[::-1].astype(np.int64) + offset, ratio
