@@ -32,6 +32,14 @@ def test_the_table_is_mean_and_standard_deviation_over_seeds_and_the_best_method
     assert "| 1 | student / flow / student |" in text
 
 
+def test_the_mode_share_figure_shows_each_seeds_smallest_share(tmp_path):
+    records = [record(0, 3.0, 2.0, [0.2, 0.8]), record(1, 0.5, 4.0, [0.4, 0.6])]
+    fig = compare_seeds.mode_share_figure(records, [0, 1], tmp_path / "shares.png")
+    points = [c.get_offsets() for c in fig.axes[0].collections]                  # one scatter per seed
+    assert [[round(float(y), 6) for y in p[:, 1]] for p in points] == [[0.2, 0.5], [0.4, 0.5]]
+    assert (tmp_path / "shares.png").stat().st_size > 1000
+
+
 def test_a_finished_seed_is_reused_only_if_made_with_todays_configuration(tmp_path, monkeypatch):
     ran = []
 
