@@ -110,6 +110,8 @@ def train_distribution_matching(generator, teacher, fake, sample0, iters, method
     if method not in RECIPES:
         raise ValueError(f"unknown distribution-matching method {method!r}: {', '.join(RECIPES)}")
     positive_int(iters, "iters")
+    if pairs is not None and sample_cond is not None:
+        raise ValueError("DMD's regression on pairs is for unconditional models: pass pairs or sample_cond, not both")
     r = {**RECIPES[method], **recipe}
     generator_loss = dmd_loss if method == "dmd2" else functools.partial(sid_loss, alpha=alpha)
     v_gen, v_fake = (generator, fake) if as_velocity is None else (as_velocity(generator), as_velocity(fake))

@@ -10,7 +10,10 @@ import rectflow as rf
 from rectflow.distribution_matching import (RECIPES, dmd_loss, fake_loss, one_step, score, sid_loss,
                                             train_distribution_matching)
 from tests.small_nets import Net, batch
+from toy.compare import CompareConfig
 from toy.exact import mixture_velocity
+from toy.experiment import Bench
+from toy.few_step import train_few_step
 from toy.model import VelocityMLP
 
 MEANS1 = [[-4.0, 0.0], [4.0, 1.0], [0.0, 5.0]]    # X_0 ~ N(0, I), X_1 ~ (1/3) sum_j N(b_j, I)
@@ -135,6 +138,8 @@ def test_a_conditional_model_sees_its_condition_everywhere_and_the_fake_its_own_
     assert not any(grad for grad, _ in fake_batches)                                         # G's samples detached
     teacher_conds = [c for who, c in seen if who == "teacher"]
     assert len(teacher_conds) == 2 and all(c is drawn[i] for c, i in zip(teacher_conds, (5, 11)))   # G's draws
+    for i in (5, 11):                       # a generator step: G, v_real and v_fake, all through as_velocity
+        assert [who for who, c in seen if c is drawn[i]] == [gen, "teacher", fake]
 
 
 @pytest.mark.parametrize("method", ["dmd2", "sid"])
@@ -157,3 +162,20 @@ def test_a_generator_moves_onto_the_teachers_law(method):
 
 def mixture_target(n, g):
     return torch.tensor(MEANS1)[torch.randint(3, (n,), generator=g)] + torch.randn(n, 2, generator=g)
+
+
+@pytest.mark.parametrize("method", ["dmd2", "sid"])
+def test_distribution_matching_can_match_another_velocity_than_its_starting_flow(method):
+    """bench/dm_teacher_ablation.py: `real` replaces v_real (the exact flow there) while the generator and the fake
+    velocity still start from the teacher network's weights."""
+    b = Bench(CompareConfig.fast(distill_iters=12, progress=False))
+    teacher, calls = b.new_model(), []
+
+    def real(x, t):
+        calls.append(len(x))
+        return torch.zeros_like(x)
+    with_real = train_few_step(method, b, teacher, real=real)[0]
+    assert calls and all(n == b.cfg.batch_size for n in calls)
+    plain = train_few_step(method, b, teacher)[0]
+    differ = [not torch.equal(p, q) for p, q in zip(with_real.parameters(), plain.parameters())]
+    assert any(differ)

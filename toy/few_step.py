@@ -52,9 +52,11 @@ CD_INTERVALS, EMA, PD_START, SHORTCUT_M = 18, 0.95, 16, 128
 DM_LR = 3e-4      # distribution matching's default constant learning rate, small as in both papers (searched: TUNED)
 
 
-def train_few_step(name, b, teacher):
-    """Train method `name` on the bench `b` (teacher: the parent flow, or None). Returns (model, stage
-    cost: gradient steps of this stage, teacher evaluations, jvp calls), then scores it on `b`."""
+def train_few_step(name, b, teacher, real=None):
+    """Train method `name` on the bench `b` (teacher: the parent flow, or None). Returns (model, (gradient steps
+    of this stage, teacher evaluations, jvp calls), progressive's rounds). real: distribution matching's
+    v_real when it is not the teacher whose weights start the generator and the fake velocity (the exact flow of
+    bench/dm_teacher_ablation.py)."""
     cfg, s = b.cfg, b.cfg.settings.get(name, {})          # s: the searched settings (toy/tuning.py), if any
     fit_kw = {**b.fit_kw, "lr": s.get("lr", cfg.lr)}
     knob = {k: v for k, v in s.items() if k != "lr"}      # the method's main knob: a keyword of its trainer
@@ -92,9 +94,9 @@ def train_few_step(name, b, teacher):
     elif name in ("dmd2", "sid"):
         model, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)
         gen_steps = max(1, cfg.distill_iters // (1 + knob.get("fake_updates", RECIPES[name]["fake_updates"])))
-        out = train_distribution_matching(model, teacher, fake, b.ds.sample0, gen_steps, method=name,
-                                          lr=s.get("lr", DM_LR), batch_size=n, seed=cfg.seed + 405, desc=name,
-                                          progress=cfg.progress, **knob)
+        out = train_distribution_matching(model, teacher if real is None else real, fake, b.ds.sample0, gen_steps,
+                                          method=name, lr=s.get("lr", DM_LR), batch_size=n, seed=cfg.seed + 405,
+                                          desc=name, progress=cfg.progress, **knob)
         cost = (out["generator_steps"] + out["fake_steps"], out["teacher_evals"], 0)
     else:
         raise ValueError(f"unknown few-step method {name!r}: {', '.join(FEW_STEP)}")
