@@ -11,12 +11,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sd.checkpoints.loaders import read_weights  # noqa: E402
 from sd.mini import features, models, shapes  # noqa: E402
-from sd.mini.run import MiniConfig, context_fn, load_models, stage_features  # noqa: E402
+from sd.mini.run import MiniConfig, context_fn, dmd2_generator, load_models, stage_features  # noqa: E402
 from sd.sampling.loop import sample  # noqa: E402
 from sd.sampling.pipeline import noises  # noqa: E402
-from sd.sampling.samplers import EpsFlow  # noqa: E402
 from sd.training.trainer import latest_checkpoint, weights  # noqa: E402
 
 NOISES, RENDERS = (90_000, 190_000, 290_000), (12, 13, 14)      # the run's own sets come first
@@ -26,9 +24,8 @@ def main(out="runs/mini"):
     cfg = MiniConfig()
     tok, text, teacher, rf2, student = load_models(out, cfg)
     net = stage_features(Path(out) / "features", cfg, False)
-    lcm, dmd2 = models.unet(), EpsFlow(models.unet())            # the rivals (stages 5 and 5b)
+    lcm, dmd2 = models.unet(), dmd2_generator(Path(out) / "dmd2")      # the rivals (stages 5 and 5b)
     lcm.load_state_dict(weights(latest_checkpoint(Path(out) / "lcm")))
-    dmd2.unet.load_state_dict(read_weights(Path(out) / "dmd2" / "generator.safetensors"))
     caps = [shapes.CAPTIONS[i % len(shapes.CAPTIONS)] for i in range(cfg.eval_samples)]
     ids = tok(caps)
     refs = [shapes.render(caps, cfg.size, torch.Generator().manual_seed(cfg.seed + k)) for k in RENDERS]
@@ -37,7 +34,7 @@ def main(out="runs/mini"):
             "2-RF, 1 step": (rf2, 1, 1.0, "euler"), "2-RF, 4 steps": (rf2, 4, 1.0, "euler"),
             "distilled 2-RF, 1 step": (student, 1, 1.0, "euler"),
             "LCM, 1 step": (lcm, 1, 1.0, "consistency"), "LCM, 4 steps": (lcm, 4, 1.0, "consistency"),
-            "DMD2, 1 step": (dmd2.eval(), 1, 1.0, "euler")}
+            "DMD2, 1 step": (dmd2, 1, 1.0, "euler")}
     fd = {}
     with torch.no_grad():
         for name, (net_, steps, g, solver) in runs.items():

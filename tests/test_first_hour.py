@@ -81,6 +81,11 @@ def test_mini_folders_keep_their_configuration(tmp_path, mini_fast):
     with pytest.raises(MiniRunError, match="holds a fast run"):
         load_models(folder, MiniConfig())
     load_models(folder, MiniConfig.fast())
+    # a record without a key added since (its stage may have run otherwise: LCM's loss was once l2) is refused too
+    record = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in record.items() if k != "lcm_loss"}))
+    with pytest.raises(MiniRunError, match="lcm_loss=.not recorded., not sd.training.objectives:lcm_huber"):
+        load_models(folder, MiniConfig.fast())
 
 
 # ---- checks before heavy work ------------------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from rectflow.flow import pseudo_huber
 from sd.training import objectives, triplets
 from sd.sampling.pipeline import default_sampler, load_pipeline
 from sd.reflow import main as reflow_main
@@ -159,6 +160,20 @@ def test_loss_is_pluggable_and_bad_names_are_explained():
         objectives.resolve_loss("l1")
     with pytest.raises(ValueError, match="needs LPIPS's weights"):         # known, but its network is not given
         objectives.resolve_loss("lpips")
+
+
+def test_lcm_huber_is_lcms_distance_per_coordinate():
+    """The mini's LCM loss (sd.mini's lcm_loss names it): per coordinate it is iCT's pseudo-Huber of a
+    one-coordinate sample; about d^2 / (2c) well within c of the target and |d| - c well beyond."""
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(64, 3, 4, 4, generator=g), torch.randn(64, 3, 4, 4, generator=g)
+    got = objectives.resolve_loss("sd.training.objectives:lcm_huber")(pred, target)
+    per_coordinate = pseudo_huber(pred.reshape(-1, 1), target.reshape(-1, 1), c=0.001)
+    assert torch.allclose(got, per_coordinate, rtol=1e-5)
+    small, large = torch.full((8,), 1e-4), torch.full((8,), 2.0)
+    zero = torch.zeros(8)
+    assert objectives.lcm_huber(small, zero).item() == pytest.approx(1e-8 / 2e-3, rel=1e-2)
+    assert objectives.lcm_huber(large, zero).item() == pytest.approx(2.0 - 1e-3, rel=1e-6)
 
 
 # ---- the trainer -------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ class MiniConfig:
     lcm_lr: float = 5e-4           # LCM's, for reflow_iters + distill_iters steps (docs/training.md: its choice)
     lcm_intervals: int = 20        # LCM's grid of teacher ODE steps (LCM: 50 DDIM steps of skip 20 on SD)
     lcm_ema: float = 0.95          # the target network's EMA decay (LCM's)
-    dmd_lr: float = 1e-4           # DMD2's, for reflow_iters + distill_iters steps of generator and fake score
+    lcm_loss: str = "sd.training.objectives:lcm_huber"    # LCM's distance (its training script's Huber loss)
+    dmd_lr: float = 1e-4           # DMD2's (not searched; the distillation's 1e-4), for generator and fake together
     batch_size: int = 64
     eval_samples: int = 256
     straightness_steps: int = 16
@@ -112,9 +113,11 @@ def check_run(out, cfg):
         return
     have = json.loads(record.read_text())
     kind = MiniConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in have.items()}).mode
-    differ = [f"{k}={have[k]}, not {want[k]}" for k in want if k in have and have[k] != want[k]]
+    # a key the record lacks was added to MiniConfig after the run started: its stage may have run otherwise
+    differ = [f"{k}={have.get(k, '(not recorded)')}, not {want[k]}" for k in want if have.get(k, None) != want[k]]
     if differ:
-        raise MiniRunError(f"{out} holds a {kind} run, not this {cfg.mode} one ({'; '.join(differ[:2])}"
+        which = f"not this {cfg.mode} one" if kind != cfg.mode else "made with another configuration"
+        raise MiniRunError(f"{out} holds a {kind} run, {which} ({'; '.join(differ[:2])}"
                            f"{'; ...' if len(differ) > 2 else ''}): use another --out (--fast: runs/mini-fast) "
                            f"or delete it")
 
@@ -253,40 +256,57 @@ def stage_lcm(teacher, text_encoder, tok, images, caps, out, cfg, progress):
         teacher_v = eps_teacher(teacher, text_encoder(tok([""])), cfg.guidance)
     stage_train(lcm, text_encoder, {"latents": images, "ids": tok(caps)}, out,
                 train_config(cfg, objective="consistency", iters=cfg.reflow_iters + cfg.distill_iters, lr=cfg.lcm_lr,
-                             cfg_dropout=0.0, zero_output=True, intervals=cfg.lcm_intervals, ema=cfg.lcm_ema),
+                             cfg_dropout=0.0, zero_output=True, intervals=cfg.lcm_intervals, ema=cfg.lcm_ema,
+                             loss=cfg.lcm_loss),
                 tok, progress, teacher=teacher_v)
     return lcm
+
+
+def dmd2_generator(out):
+    """Stage 5b's finished generator (EpsFlow) from out/generator.safetensors, or None before it is."""
+    f = Path(out) / "generator.safetensors"
+    if not f.exists():
+        return None
+    generator = EpsFlow(models.unet())
+    generator.unet.load_state_dict(read_weights(f))
+    return generator.eval()
 
 
 def stage_dmd2(teacher, text_encoder, tok, out, cfg, progress):
     """5b. DMD2 (Yin et al. 2024) of the CFG-guided teacher: the generator and the fake score are epsilon UNets
     started as the teacher (EpsFlow: DMD2 keeps the teacher's parametrisation), the fake score trained on the
-    generator's samples by the teacher's own loss; (reflow_iters + distill_iters) gradient steps split 1:5
-    between them, DMD2's ratio. Resumes per stage: a finished generator is loaded, an interrupted one restarts."""
-    f = Path(out) / "generator.safetensors"
-    generator = EpsFlow(models.unet())
-    if f.exists():
-        generator.unet.load_state_dict(read_weights(f))
-        return generator.eval()
+    generator's samples by the teacher's own loss (epsilon prediction, k uniform in [0, 1000), its own noise), the
+    real score guided with the teacher's CFG scale of stages 2 and 5 (DMD2's SD 1.5 scripts: 1.75), the fake not;
+    (reflow_iters + distill_iters) gradient steps split 1:5 between generator and fake (DMD2's ImageNet ratio; its
+    SD scripts: 1:10). Where it departs from DMD2's SD code: t uniform in rectified-flow time on [0.02, 0.98]
+    (theirs: k uniform in [20, 980], more weight on the noisy end), and the generator's sample is one Euler step
+    in rectified-flow time, z + x0_hat - eps_hat at k = 999 (theirs: x0_hat). Resumes per stage: a finished
+    generator is loaded, an interrupted one restarts."""
+    finished = dmd2_generator(out)
+    if finished is not None:
+        return finished
+    generator, fake = EpsFlow(models.unet()), EpsFlow(models.unet())
     generator.unet.load_state_dict(teacher.state_dict())
-    fake = EpsFlow(models.unet())
     fake.unet.load_state_dict(teacher.state_dict())
     with torch.no_grad():
         real = eps_teacher(teacher, text_encoder(tok([""])), cfg.guidance)
+
+    def noise(n, rng):
+        return torch.randn((n, *image_shape(cfg)), generator=rng)
 
     def captions(n, rng):
         with torch.no_grad():
             picks = torch.randint(len(shapes.CAPTIONS), (n,), generator=rng)
             return text_encoder(tok([shapes.CAPTIONS[i] for i in picks]))
 
-    def fake_eps_loss(x0, x_g, context, rng):
+    def fake_eps_loss(x0, x_g, context, rng):        # the fake's own noise level and noise: x0 (the path's) unused
         return loss("eps", fake.unet, x0, x_g, context, draw("eps", len(x_g), x_g.shape[1:], rng))
 
     gen_steps = max(1, (cfg.reflow_iters + cfg.distill_iters) // (1 + RECIPES["dmd2"]["fake_updates"]))
-    log = train_distribution_matching(generator, real, fake, lambda n, rng: torch.randn((n, *image_shape(cfg)),
-                                      generator=rng), gen_steps, "dmd2", lr=cfg.dmd_lr, batch_size=cfg.batch_size,
-                                      seed=cfg.seed + 5, sample_cond=captions, fake_objective=fake_eps_loss,
-                                      as_velocity=flow, desc="DMD2", progress=progress)
+    log = train_distribution_matching(generator, real, fake, noise, gen_steps, "dmd2", lr=cfg.dmd_lr,
+                                      batch_size=cfg.batch_size, seed=cfg.seed + 5, sample_cond=captions,
+                                      fake_objective=fake_eps_loss, as_velocity=flow, desc="DMD2", progress=progress)
+    f = Path(out) / "generator.safetensors"
     f.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in generator.unet.state_dict().items()}, f,
               metadata={k: json.dumps(log[k]) for k in ("generator_loss", "fake_loss", "generator_steps",

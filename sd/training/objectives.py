@@ -38,6 +38,13 @@ def mse(pred, target):
     return l2(pred.float(), target.float())
 
 
+def lcm_huber(pred, target, c=0.001):
+    """LCM's distance (Luo et al. 2023; their training script's huber_c): sqrt((pred - target)^2 + c^2) - c per
+    coordinate, averaged, in float32. Quadratic within c of the target, linear beyond (iCT's pseudo-Huber,
+    rectflow.flow.pseudo_huber, takes the norm of the whole sample instead)."""
+    return ((pred.float() - target.float()).pow(2) + c ** 2).sqrt().sub(c).mean()
+
+
 def lpips_distance(lpips, vae=None):
     """InstaFlow's last distillation loss: D(x1_hat, x1) = mean_i LPIPS(decode(x1_hat_i), decode(x1_i)) with the
     frozen VAE's decoder (latents / scaling_factor; its activations recomputed in the backward pass, block by
