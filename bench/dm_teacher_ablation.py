@@ -1,6 +1,6 @@
 """Distribution matching's teacher, ablated: how much of DMD2's and SiD's one-step error on the toy is the teacher's.
 
-    python bench/dm_teacher_ablation.py [--seeds 0,1,2,3]          about 4 minutes a seed on 2 CPU cores
+    python bench/dm_teacher_ablation.py [--seeds 0,1,2,3]          about 3 minutes a seed on 2 CPU cores
 
 At each seed, DMD2 and SiD (their searched settings, TUNED) are trained as `python -m toy compare` trains them, with
 the 1-RF as v_real, and again with the exact 1-RF velocity of the paper's mixtures as v_real (toy/exact.py: what a
