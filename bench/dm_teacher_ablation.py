@@ -10,12 +10,12 @@ error; what the exact row keeps is the distillation's own. Prints markdown: one-
 sets beside it) and the smallest mode share, per seed and as mean ± standard deviation.
 """
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rectflow as rf  # noqa: E402
+from bench.compare_seeds import mean_std  # noqa: E402
 from toy.cli import seed_list  # noqa: E402
 from toy.compare import CompareConfig, run_compare  # noqa: E402
 from toy.datasets import PAPER_MEANS0, PAPER_MEANS1, VAR  # noqa: E402
@@ -53,7 +53,7 @@ def main(argv=None):
     for m in METHODS:
         for who in ("1-RF", "exact"):
             w2 = [table[m, who, s][0] for s in seeds]
-            spread = f"{statistics.mean(w2):.2f} ± {statistics.stdev(w2):.2f}" if len(w2) > 1 else f"{w2[0]:.2f}"
+            spread = "{:.2f} ± {:.2f}".format(*mean_std(w2))
             shares = " / ".join(f"{table[m, who, s][1]:.2f}" for s in seeds)
             print(f"| {m} | {who} | " + " | ".join(f"{x:.2f}" for x in w2) + f" | {spread} | {shares} |")
     print("| (two target sets: the floor) | | " + " | ".join(f"{floors[s]:.2f}" for s in seeds) + " | | |")

@@ -262,6 +262,12 @@ def stage_lcm(teacher, text_encoder, tok, images, caps, out, cfg, progress):
     return lcm
 
 
+def save_stage(net, f, metadata=None):
+    """A finished stage's weights in the file f (its folder made), which the next run loads instead of training."""
+    f.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, f, metadata=metadata)
+
+
 def dmd2_generator(out):
     """Stage 5b's finished generator (EpsFlow) from out/generator.safetensors, or None before it is."""
     f = Path(out) / "generator.safetensors"
@@ -306,11 +312,8 @@ def stage_dmd2(teacher, text_encoder, tok, out, cfg, progress):
     log = train_distribution_matching(generator, real, fake, noise, gen_steps, "dmd2", lr=cfg.dmd_lr,
                                       batch_size=cfg.batch_size, seed=cfg.seed + 5, sample_cond=captions,
                                       fake_objective=fake_eps_loss, as_velocity=flow, desc="DMD2", progress=progress)
-    f = Path(out) / "generator.safetensors"
-    f.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in generator.unet.state_dict().items()}, f,
-              metadata={k: json.dumps(log[k]) for k in ("generator_loss", "fake_loss", "generator_steps",
-                                                        "fake_steps")})
+    save_stage(generator.unet, Path(out) / "generator.safetensors",
+               {k: json.dumps(log[k]) for k in ("generator_loss", "fake_loss", "generator_steps", "fake_steps")})
     return generator.eval()
 
 
@@ -323,8 +326,7 @@ def stage_features(out, cfg, progress):
         return net.eval()
     net = features.train_feature_net(cfg.feature_images, cfg.feature_iters, cfg.batch_size * 2, cfg.size,
                                      cfg.seed + 11, progress)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, f)
+    save_stage(net, f)
     return net
 
 
@@ -412,9 +414,7 @@ def stage_controlnet(unet, text_encoder, tok, out, cfg, progress):
         return net.eval()
     net, losses = control.train_controlnet(unet, text_encoder, tok, cfg.controlnet_iters, cfg.batch_size,
                                            seed=cfg.seed + 3, progress=progress)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, f,
-              metadata={"losses": json.dumps([losses[0], losses[-1]])})
+    save_stage(net, f, {"losses": json.dumps([losses[0], losses[-1]])})
     return net
 
 
