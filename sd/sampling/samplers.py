@@ -9,7 +9,8 @@ In rectified-flow time the same point is on the straight line from noise to data
 and an epsilon prediction gives the velocity  v = x_0_hat - eps_hat,  x_0_hat = (x - sigma eps_hat) / alpha.
 DDIM (eta = 0) is exactly the Euler step X <- X + (t_next - t) v in these coordinates.
 DPM-Solver++(2M) (Lu et al. 2022) is a second-order multistep exponential integrator in
-lambda = log(alpha / sigma) on the data prediction x_0_hat.
+lambda = log(alpha / sigma) on the data prediction x_0_hat; its step is rectflow.solvers.dpmpp_2m_step, the same
+one the toy's solver takes on the path alpha = t, sigma = 1 - t.
 Timesteps follow diffusers' DDIMScheduler ("leading" spacing, steps_offset) and
 DPMSolverMultistepScheduler ("linspace" spacing, final sigma 0) so that results match them.
 
@@ -23,6 +24,8 @@ import math
 
 import numpy as np
 import torch
+
+from rectflow.solvers import dpmpp_2m_step
 
 
 def sd_alphas_cumprod(n=1000, beta_start=0.00085, beta_end=0.012):
@@ -113,22 +116,10 @@ def sample_dpmpp_2m(eps_model, x, steps, alphas_cumprod=None, callback=None):
     prev_x0 = None
     for i, k in enumerate(timesteps):
         eps = eps_model(x, int(k))
-        a_s, s_s = alpha_sigma(sigmas[i])
-        x0 = (x - s_s * eps) / a_s                               # data prediction
-        a_t, s_t = alpha_sigma(sigmas[i + 1])
-        lam_s = math.log(a_s) - math.log(s_s)
-        if sigmas[i + 1] == 0:                                   # the last step lands on x_0_hat (first order)
-            x = a_t * x0
-        else:
-            h = math.log(a_t) - math.log(s_t) - lam_s
-            if prev_x0 is None:                                  # first order: DPM-Solver++(1) = DDIM
-                x = (s_t / s_s) * x - a_t * math.expm1(-h) * x0
-            else:                                                # second order, multistep
-                a_p, s_p = alpha_sigma(sigmas[i - 1])
-                r = (lam_s - (math.log(a_p) - math.log(s_p))) / h
-                d1 = (x0 - prev_x0) / r
-                x = (s_t / s_s) * x - a_t * math.expm1(-h) * x0 - 0.5 * a_t * math.expm1(-h) * d1
-        x = x.to(eps.dtype)
+        now = alpha_sigma(sigmas[i])
+        x0 = (x - now[1] * eps) / now[0]                         # data prediction
+        prev = alpha_sigma(sigmas[i - 1]) if i else None
+        x = dpmpp_2m_step(x, x0, prev_x0, now, alpha_sigma(sigmas[i + 1]), prev).to(eps.dtype)
         prev_x0 = x0
         if callback:
             callback(i, x)
