@@ -51,7 +51,7 @@ def test_fast_runs_default_to_their_own_folders():
     from toy.__main__ import parse_args
     assert parse_args(["--fast"]).out.as_posix() == "runs/toy-fast"
     assert parse_args([]).out.as_posix() == "runs/toy"
-    assert parse_args(["--fast"], compare=True).out.as_posix() == "runs/toy-compare-fast"
+    assert parse_args(["--fast"], mode="compare").out.as_posix() == "runs/toy-compare-fast"
     assert "runs/mini-fast" in mini_parser().format_help()
 
 
@@ -176,7 +176,7 @@ def parsers():
     from sd.tiny import build_parser as tiny_parser
     from toy.__main__ import build_parser as toy
     out = {"sd.generate": generate(), "sd.evaluate": evaluate(), "sd.evaluate stats": stats_parser(), "sd.invert": invert(), "sd.mini": mini(), "sd.tiny": tiny_parser(),
-           "toy": toy(), "toy compare": toy(compare=True)}
+           "toy": toy(), "toy compare": toy("compare"), "toy solvers": toy("solvers")}
     sub = next(a for a in reflow()._actions if isinstance(a, argparse._SubParsersAction))
     out.update({f"sd.reflow {name}": p for name, p in sub.choices.items()})
     return out

@@ -21,22 +21,28 @@ from .datasets import DATASETS
 from .compare import ALL, CompareConfig, run_compare
 from .few_step import FEW_STEP
 from .compare import __doc__ as compare_doc
+from .solvers import __doc__ as solvers_doc
+from .solvers import NFES, run_solvers
 from .cli import FAST_NOTE, HelpFormatter, positive_int, writable
 from .experiment import Config, run
 from .tuning import KNOBS, SCORED_STEPS, tune
 from .plots import plot_inversion, plot_samples, plot_straightness, plot_trajectories, plot_w2_vs_steps
 
 
-def default_out(compare, fast, tune=False):
-    """runs/toy, runs/toy-compare or runs/toy-tune, with -fast for a smoke run (which never writes where a full run
-    lives)."""
-    name = "runs/toy-tune" if tune else "runs/toy-compare" if compare else "runs/toy"
+MODES = {"toy": ("python -m toy", __doc__, "metrics.json"),
+         "compare": ("python -m toy compare", compare_doc, "compare.json"),
+         "solvers": ("python -m toy solvers", solvers_doc, "solvers.json")}
+
+
+def default_out(mode, fast, tune=False):
+    """runs/toy, runs/toy-compare, runs/toy-solvers or runs/toy-tune, with -fast for a smoke run (which never writes
+    where a full run lives)."""
+    name = "runs/toy-tune" if tune else "runs/toy" if mode == "toy" else f"runs/toy-{mode}"
     return Path(name + ("-fast" if fast else ""))
 
 
-def build_parser(compare=False):
-    prog = "python -m toy compare" if compare else "python -m toy"
-    doc = compare_doc if compare else __doc__
+def build_parser(mode="toy"):
+    prog, doc, _ = MODES[mode]
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="paper", choices=list(DATASETS),
                    help="source/target pair (paper: the paper's 3-Gaussian tutorial pair)")
@@ -45,7 +51,7 @@ def build_parser(compare=False):
     p.add_argument("--iters", type=positive_int, help="training iterations of each flow (default 3000; 150 with --fast)")
     p.add_argument("--distill-iters", type=positive_int,
                    help="training iterations of the student (default 3000; 150 with --fast)")
-    if compare:
+    if mode == "compare":
         p.add_argument("--ot-block", type=positive_int, default=256,
                        help="rows per exact assignment of the minibatch-OT coupling")
         p.add_argument("--methods", default="all", help="comma-separated methods to run (with the flows they "
@@ -54,18 +60,18 @@ def build_parser(compare=False):
                        help="instead of a comparison, run METHOD's search (8 settings at seed 0, scored on validation "
                        "sets; toy/tuning.py) and write tune_METHOD.json to --out (default runs/toy-tune): "
                        + ", ".join(KNOBS))
-    else:
+    elif mode == "toy":
         p.add_argument("--reflows", type=positive_int, default=1, help="1: 2-RF, 2: 3-RF, ...")
     p.add_argument("--fast", action="store_true", help="a smoke run of seconds (nothing converges; its numbers mean "
                    "nothing), written to its own folder")
-    p.add_argument("--out", type=Path, help=f"output folder (default: {default_out(compare, False)}, or "
-                                            f"{default_out(compare, True)} with --fast)")
+    p.add_argument("--out", type=Path, help=f"output folder (default: {default_out(mode, False)}, or "
+                                            f"{default_out(mode, True)} with --fast)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
 
-def parse_args(argv=None, compare=False):
-    p = build_parser(compare)
+def parse_args(argv=None, mode="toy"):
+    p = build_parser(mode)
     args = p.parse_args(argv)
     try:
         dev = torch.device(args.device)
@@ -74,10 +80,10 @@ def parse_args(argv=None, compare=False):
     if dev.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device!r}: CUDA is not available on this machine")
     tune = getattr(args, "tune", None)
-    args.out = args.out or default_out(compare, args.fast, tune)
+    args.out = args.out or default_out(mode, args.fast, tune)
     try:
         writable(args.out, "--out", folder=True)
-        record = f"tune_{tune}.json" if tune else "compare.json" if compare else "metrics.json"
+        record = f"tune_{tune}.json" if tune else MODES[mode][2]
         check_not_full(args.out / record, args.fast)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -164,7 +170,7 @@ def format_compare_table(metrics):
 
 
 def main_compare(argv):
-    args = parse_args(argv, compare=True)
+    args = parse_args(argv, mode="compare")
     methods = () if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip())
     try:
         cfg = config_of(args, CompareConfig, ot_block=args.ot_block, methods=methods)
@@ -185,6 +191,34 @@ def main_compare(argv):
     print((FAST_NOTE + "\n" if args.fast else "") + format_compare_table(res.metrics))
     print(f"total {res.metrics['seconds']['total']:.1f} s, peak RSS {peak_rss_gb():.2f} GB; wrote compare.json, "
           f"samples.npz, w2_vs_steps.png, straightness.png, trajectories.png, few_step_samples.png to {args.out}")
+    return 0
+
+
+def format_solvers_table(m):
+    """W2 at each NFE for each solver row (the searched grids with their chosen shift), then the reflow's cost."""
+    head = f"{'model and solver':<34}" + "".join(f"{'NFE ' + str(k):>16}" for k in NFES)
+    lines = [head, "-" * len(head)]
+    for row, w2 in m["w2"].items():
+        solver = row.removeprefix("1-rf ").removesuffix(", searched grid")
+        shifts = m["shift"].get(solver, {}) if row.endswith("searched grid") else {}
+        cells = [f"{w2[k]:.3f}" + (f" (s={shifts[k]:g})" if k in shifts else "") if k in w2 else "-" for k in NFES]
+        lines.append(f"{row:<34}" + "".join(f"{c:>16}" for c in cells))
+    lines.append(f"W2 between two target sets (floor of the estimate): {m['w2_floor']:.3f}")
+    c = m["reflow_cost"]
+    lines.append(f"the 2-RF's cost: {c['pair_evaluations']} evaluations of the 1-RF for its pairs and "
+                 f"{c['training_iterations']} training iterations, {c['seconds']:.0f} s; the student's: "
+                 f"{m['distill_cost']['seconds']:.0f} s more")
+    return "\n".join(lines)
+
+
+def main_solvers(argv):
+    args = parse_args(argv, mode="solvers")
+    metrics = run_solvers(config_of(args, Config))
+    metrics["fast"] = args.fast
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "solvers.json").write_text(json.dumps(metrics, indent=2))
+    print((FAST_NOTE + "\n" if args.fast else "") + format_solvers_table(metrics))
+    print(f"total {metrics['seconds']:.1f} s; wrote solvers.json to {args.out}")
     return 0
 
 
@@ -220,6 +254,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["compare"]:
         return main_compare(argv[1:])
+    if argv[:1] == ["solvers"]:
+        return main_solvers(argv[1:])
     args = parse_args(argv)
     res = timed_run(run, config_of(args, Config, reflows=args.reflows))
     note = save_record(args, res, "metrics.json")
