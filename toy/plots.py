@@ -16,6 +16,9 @@ def _limits(ax, target):
     ax.set_yticks([])
 
 
+SAMPLE_COLOURS = [f"C{i}" for i in range(10) if i != 7]      # C7 is the grey of the target
+
+
 def plot_samples(res, path=None, note=None, stages=None, steps=None,
                  title="samples of each model after N Euler steps (colour) over samples of the target (grey)"):
     """Rows: stages; columns: Euler steps (or each method's own N-step rule). Grey: target samples;
@@ -34,7 +37,7 @@ def plot_samples(res, path=None, note=None, stages=None, steps=None,
                 continue
             ax.scatter(target[:, 0], target[:, 1], s=2, c="0.8", rasterized=True)
             x = res.samples[key]
-            ax.scatter(x[:, 0], x[:, 1], s=2, c=f"C{r}", rasterized=True)
+            ax.scatter(x[:, 0], x[:, 1], s=2, c=SAMPLE_COLOURS[r % len(SAMPLE_COLOURS)], rasterized=True)
             ax.set_title(f"{stage}, {n} step{'s' * (n > 1)}\nW2 = {res.metrics['stages'][stage]['w2'][str(n)]:.2f}",
                          fontsize=9)
             _limits(ax, target)
