@@ -23,6 +23,8 @@ from .few_step import FEW_STEP
 from .compare import __doc__ as compare_doc
 from .solvers import __doc__ as solvers_doc
 from .solvers import NFES, run_solvers
+from .slim import __doc__ as slim_doc
+from .slim import gaussian_source, run_slim
 from .cli import FAST_NOTE, HelpFormatter, positive_int, writable
 from .experiment import Config, run
 from .tuning import KNOBS, SCORED_STEPS, tune
@@ -31,7 +33,8 @@ from .plots import plot_inversion, plot_samples, plot_straightness, plot_traject
 
 MODES = {"toy": ("python -m toy", __doc__, "metrics.json"),
          "compare": ("python -m toy compare", compare_doc, "compare.json"),
-         "solvers": ("python -m toy solvers", solvers_doc, "solvers.json")}
+         "solvers": ("python -m toy solvers", solvers_doc, "solvers.json"),
+         "slim": ("python -m toy slim", slim_doc, "slim.json")}
 
 
 def default_out(mode, fast, tune=False):
@@ -44,8 +47,9 @@ def default_out(mode, fast, tune=False):
 def build_parser(mode="toy"):
     prog, doc, _ = MODES[mode]
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
-    p.add_argument("--dataset", default="paper", choices=list(DATASETS),
-                   help="source/target pair (paper: the paper's 3-Gaussian tutorial pair)")
+    p.add_argument("--dataset", default="8gaussians" if mode == "slim" else "paper", choices=list(DATASETS),
+                   help="source/target pair (paper: the paper's 3-Gaussian tutorial pair"
+                   + ("; slim needs a N(0, I) source, which paper has not)" if mode == "slim" else ")"))
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the initial weights and the training")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--iters", type=positive_int, help="training iterations of each flow (default 3000; 150 with --fast)")
@@ -79,6 +83,9 @@ def parse_args(argv=None, mode="toy"):
         p.error(f"--device {args.device!r}: {e}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device!r}: CUDA is not available on this machine")
+    if mode == "slim" and not gaussian_source(DATASETS[args.dataset]):
+        p.error(f"--dataset {args.dataset}: its source is not N(0, I), which SlimFlow's annealing needs; "
+                f"choose one of {', '.join(n for n, d in DATASETS.items() if gaussian_source(d))}")
     tune = getattr(args, "tune", None)
     args.out = args.out or default_out(mode, args.fast, tune)
     try:
@@ -222,6 +229,32 @@ def main_solvers(argv):
     return 0
 
 
+def format_slim_table(m):
+    """One row a width: its parameters, then each method's 2-RF and student at one step (W2, smallest mode share)."""
+    def cell(e):
+        return f"{e['w2']:.3f}" + (f" ({e['min_mode_share']:.2f})" if e["min_mode_share"] is not None else "")
+    head = (f"{'width':>6}{'params':>9}" + "".join(f"{h:>18}" for h in ("plain 2-rf", "plain student",
+                                                                         "slimflow 2-rf", "slimflow student")))
+    lines = ["one-step W2 (smallest mode share of the one-step samples)", head, "-" * len(head)]
+    for w, e in m["widths"].items():
+        cells = [cell(e[method][stage]) for method in ("plain", "slimflow") for stage in ("2-rf", "student")]
+        lines.append(f"{w:>6}{e['params']:>9}" + "".join(f"{c:>18}" for c in cells))
+    lines.append(f"the 1-RF teacher (width 128) at one step: {cell(m['teacher'])}; W2 between two target sets "
+                 f"(floor of the estimate): {m['w2_floor']:.3f}")
+    return "\n".join(lines)
+
+
+def main_slim(argv):
+    args = parse_args(argv, mode="slim")
+    metrics = run_slim(config_of(args, Config))
+    metrics["fast"] = args.fast
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "slim.json").write_text(json.dumps(metrics, indent=2))
+    print((FAST_NOTE + "\n" if args.fast else "") + format_slim_table(metrics))
+    print(f"wrote slim.json to {args.out}")
+    return 0
+
+
 def main_tune(args, cfg):
     """--tune METHOD: the search's table (each setting's validation score and W2), and tune_METHOD.json."""
     t0 = time.perf_counter()
@@ -256,6 +289,8 @@ def main(argv=None):
         return main_compare(argv[1:])
     if argv[:1] == ["solvers"]:
         return main_solvers(argv[1:])
+    if argv[:1] == ["slim"]:
+        return main_slim(argv[1:])
     args = parse_args(argv)
     res = timed_run(run, config_of(args, Config, reflows=args.reflows))
     note = save_record(args, res, "metrics.json")
