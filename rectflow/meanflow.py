@@ -48,20 +48,25 @@ def meanflow_target(model, xt, t, r, v):
     return u, (v + append_dims(r - t, xt) * dudt).detach()
 
 
-def meanflow_loss(model, x0, x1, cond=None, generator=None, equal_fraction=0.75):
-    """The MeanFlow objective on a batch of pairs (conditioning other than r is not supported)."""
+def meanflow_loss(model, x0, x1, cond=None, generator=None, equal_fraction=0.75, adaptive_p=0.0, adaptive_c=0.01):
+    """The MeanFlow objective on a batch of pairs (conditioning other than r is not supported). With adaptive_p > 0,
+    MeanFlow's adaptive weighting (their Sec. 4.3): each sample's squared error e = ||Delta||^2 (summed over
+    coordinates) is weighted by sg(1 / (e + c)^p); p = 1 and c = 0.01 are the official code's defaults."""
     if cond is not None:
         raise ValueError("meanflow_loss: the model's conditioning slot carries r; class conditions are not supported")
     t, r = sample_span(x0.shape[0], equal_fraction, generator, x0.device)
     t, r = t.to(x0.dtype), r.to(x0.dtype)
     u, target = meanflow_target(model, interpolate(x0, x1, t), t, r, velocity_target(x0, x1))
-    return mse(u, target)
+    if not adaptive_p:
+        return mse(u, target)
+    err = (u - target).pow(2).flatten(1).sum(1)                     # e = ||Delta||^2 per sample
+    return (err / (err.detach() + adaptive_c) ** adaptive_p).mean()  # w = sg(1 / (e + c)^p): large errors damped
 
 
-def train_meanflow(model, coupling, iters, batch_size=1024, seed=0, equal_fraction=0.75, desc="meanflow",
-                   **fit_kwargs):
+def train_meanflow(model, coupling, iters, batch_size=1024, seed=0, equal_fraction=0.75, adaptive_p=0.0,
+                   desc="meanflow", **fit_kwargs):
     def loss(m, x0, x1, cond, gen):
-        return meanflow_loss(m, x0, x1, cond, gen, equal_fraction)
+        return meanflow_loss(m, x0, x1, cond, gen, equal_fraction, adaptive_p)
     return fit_coupling(model, coupling, loss, iters, batch_size, seed, desc=desc, **fit_kwargs)
 
 

@@ -204,6 +204,26 @@ def test_meanflow_loss_with_r_after_t_is_the_formula_written_out():
     assert bool((r > t).all()) and torch.allclose(got, want, rtol=1e-7), (float(got), float(want))
 
 
+def test_meanflow_adaptive_weighting_is_the_formula_written_out():
+    """w = sg(1 / (e + c)^p) on each sample's squared error e: the loss's value is mean(e / (e + c)^p) and its gradient
+    that of mean(w e) with w held fixed."""
+    net, (x0, x1) = Net(extra=1), batch()
+    got = meanflow_loss(net, x0, x1, generator=torch.Generator().manual_seed(8), equal_fraction=0.0, adaptive_p=1.0)
+    got.backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    g = torch.Generator().manual_seed(8)
+    a, b = torch.rand(len(x0), generator=g).double(), torch.rand(len(x0), generator=g).double()
+    t, r = torch.minimum(a, b), torch.maximum(a, b)
+    u, target = meanflow_target(net, t[:, None] * x1 + (1 - t[:, None]) * x0, t, r, x1 - x0)
+    e = (u - target).pow(2).sum(1)
+    want = (e / (e.detach() + 0.01)).mean()
+    want.backward()
+    assert torch.allclose(got, want) and all(torch.allclose(a, p.grad) for a, p in zip(grads, net.parameters()))
+    assert not torch.allclose(got, meanflow_loss(net, x0, x1, generator=torch.Generator().manual_seed(8),
+                                                 equal_fraction=0.0))
+
+
 # ---- shortcut models ---------------------------------------------------------------------------------
 
 def exact_shortcut(x, t, d):
