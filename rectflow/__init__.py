@@ -9,6 +9,7 @@
     metrics  straightness S(Z), exact W2 between sample sets, the share of samples at each mode
     solvers  training-free exponential integrators on this path: DDIM (= Euler), DPM-Solver++(2M), DEIS tAB2
     slimflow annealing reflow and flow-guided distillation: a student smaller than its teacher (SlimFlow)
+    quantize fake quantisation of weights and activations, MixDQ's sensitivity and bit allocation
     consistency, meanflow, shortcut, progressive, distribution_matching
              the other few-step families (import them by module)
 """
