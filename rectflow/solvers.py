@@ -27,9 +27,10 @@ from .flow import data_end
 
 
 def shifted_grid(steps, shift=1.0, t0=0.0):
-    """N + 1 times from t0 to 1: the uniform grid's noise levels sigma_i = 1 - t_i mapped through the time shift
-    sigma -> shift sigma / (1 + (shift - 1) sigma)  (Esser et al. 2024, SD3; diffusers' flow_shift). shift > 1
-    spends more of the steps near the noise end; shift = 1 is the uniform grid."""
+    """N + 1 times ending at 1: the noise levels sigma_i = 1 - t_i of the uniform grid from t0 to 1, mapped through
+    the time shift sigma -> shift sigma / (1 + (shift - 1) sigma)  (Esser et al. 2024, SD3; diffusers' flow_shift).
+    shift = 1 is the uniform grid from t0; shift > 1 spends more of the steps near the noise end (and starts below
+    t0 when t0 > 0)."""
     if shift <= 0:
         raise ValueError(f"shift must be positive, got {shift!r}")
     sigma = (1.0 - t0) * torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
@@ -83,8 +84,8 @@ def ddim(v, z, ts, cond=None):
 @torch.no_grad()
 def dpmpp_2m(v, z, ts, cond=None):
     """DPM-Solver++(2M) on the grid ts, in rectified-flow time (alpha = t, sigma = 1 - t). From t_0 = 0, where
-    lambda = -inf, its second step is first order too (the slope in lambda through t_0 is 0), and so is its last:
-    up to three steps from the noise end are Euler steps."""
+    lambda = -inf, its second step is first order too (the slope in lambda through t_0 is 0), and so is its last
+    (onto t = 1): two or three steps from t_0 = 0 are Euler steps. diffusers' flow solver starts at t_0 = 1e-3."""
     _check_grid(ts)
     d_prev = None
     for i, (t, s) in enumerate(zip(ts, ts[1:])):
@@ -112,4 +113,4 @@ def deis_tab2(v, z, ts, cond=None):
     return z
 
 
-SOLVERS = {"ddim": ddim, "dpmpp_2m": dpmpp_2m, "deis_tab2": deis_tab2}
+GRID_SOLVERS = {"ddim": ddim, "dpmpp_2m": dpmpp_2m, "deis_tab2": deis_tab2}
