@@ -218,17 +218,6 @@ def format_solvers_table(m):
     return "\n".join(lines)
 
 
-def main_solvers(argv):
-    args = parse_args(argv, mode="solvers")
-    metrics = run_solvers(config_of(args, Config))
-    metrics["fast"] = args.fast
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "solvers.json").write_text(json.dumps(metrics, indent=2))
-    print((FAST_NOTE + "\n" if args.fast else "") + format_solvers_table(metrics))
-    print(f"total {metrics['seconds']:.1f} s; wrote solvers.json to {args.out}")
-    return 0
-
-
 def format_slim_table(m):
     """One row a width: its parameters, then each method's 2-RF and student at one step (W2, smallest mode share)."""
     def cell(e):
@@ -239,19 +228,20 @@ def format_slim_table(m):
     for w, e in m["widths"].items():
         cells = [cell(e[method][stage]) for method in ("plain", "slimflow") for stage in ("2-rf", "student")]
         lines.append(f"{w:>6}{e['params']:>9}" + "".join(f"{c:>18}" for c in cells))
-    lines.append(f"the 1-RF teacher (width 128) at one step: {cell(m['teacher'])}; W2 between two target sets "
+    lines.append(f"the 1-RF teacher (width {m['teacher_width']}) at one step: {cell(m['teacher'])}; W2 between two target sets "
                  f"(floor of the estimate): {m['w2_floor']:.3f}")
     return "\n".join(lines)
 
 
-def main_slim(argv):
-    args = parse_args(argv, mode="slim")
-    metrics = run_slim(config_of(args, Config))
-    metrics["fast"] = args.fast
+def main_study(argv, mode, run_study, table):
+    """python -m toy solvers / slim: run the study on `python -m toy`'s configuration, write its record (with "fast")
+    to --out, print its table."""
+    args = parse_args(argv, mode=mode)
+    metrics = {**run_study(config_of(args, Config)), "fast": args.fast}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "slim.json").write_text(json.dumps(metrics, indent=2))
-    print((FAST_NOTE + "\n" if args.fast else "") + format_slim_table(metrics))
-    print(f"wrote slim.json to {args.out}")
+    (args.out / MODES[mode][2]).write_text(json.dumps(metrics, indent=2))
+    print((FAST_NOTE + "\n" if args.fast else "") + table(metrics))
+    print(f"wrote {MODES[mode][2]} to {args.out}")
     return 0
 
 
@@ -288,9 +278,9 @@ def main(argv=None):
     if argv[:1] == ["compare"]:
         return main_compare(argv[1:])
     if argv[:1] == ["solvers"]:
-        return main_solvers(argv[1:])
+        return main_study(argv[1:], "solvers", run_solvers, format_solvers_table)
     if argv[:1] == ["slim"]:
-        return main_slim(argv[1:])
+        return main_study(argv[1:], "slim", run_slim, format_slim_table)
     args = parse_args(argv)
     res = timed_run(run, config_of(args, Config, reflows=args.reflows))
     note = save_record(args, res, "metrics.json")

@@ -108,11 +108,11 @@ class Bench:
                                 w2_floor=rf.w2(self.target[:cfg.n_eval], target_b[:cfg.n_eval]))
         self.fit_kw = dict(batch_size=cfg.batch_size, lr=cfg.lr, progress=cfg.progress)
 
-    def new_model(self, extra=0):
+    def new_model(self, extra=0, hidden=None):
         """A fresh velocity MLP, initialised from the run's seed (the same weights every time); `extra`
-        inputs for MeanFlow's r or a shortcut model's d."""
+        inputs for MeanFlow's r or a shortcut model's d; `hidden` units other than the run's (SlimFlow's students)."""
         torch.manual_seed(self.cfg.seed)
-        return VelocityMLP(hidden=self.cfg.hidden, depth=self.cfg.depth, extra=extra).to(self.dev)
+        return VelocityMLP(hidden=hidden or self.cfg.hidden, depth=self.cfg.depth, extra=extra).to(self.dev)
 
     def timed(self, key, fn):
         t0 = time.perf_counter()

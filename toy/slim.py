@@ -11,20 +11,18 @@ the small net); slimflow evaluates the small 2-RF once per sample of each distil
 """
 import copy
 
-import torch
-
 import rectflow as rf
 from rectflow.slimflow import train_annealed_reflow, train_flow_guided
 
+from .datasets import standard_normal
 from .experiment import Bench
-from .model import VelocityMLP
 
 WIDTHS = (128, 64, 32, 16)          # hidden units of each of the MLP's layers; 128 is the teacher's
 
 
 def gaussian_source(ds):
     """Whether the dataset's source is N(0, I) (SlimFlow's annealing assumes it)."""
-    return ds.sample0.__name__ == "standard_normal"
+    return ds.sample0 is standard_normal
 
 
 def run_slim(cfg, widths=WIDTHS):
@@ -45,14 +43,10 @@ def run_slim(cfg, widths=WIDTHS):
         return {"w2": rf.w2(x[:cfg.n_eval], b.target[:cfg.n_eval]),
                 "min_mode_share": min(rf.mode_shares(x, b.ds.modes)) if b.ds.modes else None}
 
-    def small(width):
-        torch.manual_seed(cfg.seed)
-        return VelocityMLP(hidden=width, depth=cfg.depth).to(b.dev)
-
-    out = {"teacher": one_step(teacher), "widths": {}}
+    out = {"teacher": one_step(teacher), "teacher_width": cfg.hidden, "widths": {}}
     kw = dict(batch_size=cfg.batch_size, lr=cfg.lr, progress=cfg.progress)
     for w in widths:
-        flow = small(w)
+        flow = b.new_model(hidden=w)
         b.timed(f"plain-{w}", lambda: rf.train_flow(flow, rf.pairs_coupling(z0, z1), cfg.iters, seed=cfg.seed + 1,
                                                     desc=f"reflow, width {w}", **kw))
         student = copy.deepcopy(flow)
@@ -61,7 +55,7 @@ def run_slim(cfg, widths=WIDTHS):
                                                                seed=cfg.seed + 99, desc=f"distill, width {w}", **kw))
         plain = {"2-rf": one_step(flow), "student": one_step(student)}
 
-        flow = small(w)
+        flow = b.new_model(hidden=w)
         b.timed(f"slim-{w}", lambda: train_annealed_reflow(flow, z0, z1, cfg.iters, seed=cfg.seed + 1,
                                                            desc=f"annealing reflow, width {w}", **kw))
         student = copy.deepcopy(flow)
