@@ -1,15 +1,16 @@
 """Post-training fake quantisation: what a model's samples lose when its weights and activations are stored in b bits.
 
 "Fake": the numbers are rounded to the b-bit grid and computed in float, which gives exactly the low-bit model's
-values (up to float rounding), not its speed. Symmetric, as is usual for weights and for activations around zero:
+values (up to float rounding), not its speed. Symmetric (no zero point: the simplest grid; it leaves unused the part
+of the grid below SiLU's smallest output, -0.28):
     q(x; s, b) = s clamp(round(x / s), -(2^{b-1} - 1), 2^{b-1} - 1),
 with the scale s = max|x| / (2^{b-1} - 1), taken
     weights       per output channel (each row of a Linear, each filter of a Conv), from the weights themselves;
-    activations   per tensor, the input of each layer, from the largest |input| seen on calibration samples
-                  (the model run on calibration noises, never the evaluation ones).
+    activations   per tensor, the input of each layer, from the largest |input| seen while the float model runs on
+                  calibration samples (which the caller keeps apart from its evaluation samples).
 MixDQ's sensitivity (Zhao et al. 2024): each layer quantised alone, the signal-to-quantisation-noise ratio of the
-model's output, SQNR = 10 log10(||y||^2 / ||y - y_q||^2); the bit allocation gives the most sensitive layers the high
-bit width until the parameter-weighted average reaches the budget.
+model's output, SQNR = 10 log10(||y||^2 / ||y - y_q||^2). The bit allocation is a greedy stand-in for MixDQ's integer
+programme: the least robust layers first, each raised to the high bit width while the average still fits the budget.
 """
 import copy
 import math
@@ -27,7 +28,8 @@ def fake_quant(x, scale, bits):
 
 
 def weight_scale(w, bits):
-    """Per output channel: s_o = max_i |W_oi| / (2^{b-1} - 1), shaped to broadcast against w (0 rows kept at 1)."""
+    """Per output channel: s_o = max_i |W_oi| / (2^{b-1} - 1), shaped to broadcast against w (an all-zero row gets a
+    tiny scale and stays 0)."""
     amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-12)
     return (amax / (2 ** (bits - 1) - 1)).reshape(-1, *([1] * (w.ndim - 1)))
 
@@ -54,19 +56,28 @@ def input_ranges(model, calibrate):
 
 
 @torch.no_grad()
-def quantize(model, bits, calibrate=None, act_bits=None):
+def quantize(model, bits, calibrate=None, act_bits=None, keep_inputs=()):
     """A copy of `model` with each layer's weights on the grid of bits[name] (an int: every layer), and, with
-    `act_bits`, its inputs fake-quantised per tensor at scales calibrated by `calibrate(model)` (on the float model)."""
+    `act_bits`, its inputs fake-quantised per tensor at scales calibrated by `calibrate(model)` (on the float model),
+    but for the layers named in `keep_inputs` (a model's raw input, say, where rounding would change the data)."""
+    if act_bits and calibrate is None:
+        raise ValueError("quantised activations need a calibrate(model) that runs the model on calibration samples")
     bits = dict.fromkeys(quant_layers(model), bits) if isinstance(bits, int) else bits
     ranges = input_ranges(model, calibrate) if act_bits else {}
     q = copy.deepcopy(model)
     for name, m in quant_layers(q).items():
         if bits.get(name):
             m.weight.copy_(fake_quant(m.weight, weight_scale(m.weight, bits[name]), bits[name]))
-        if act_bits and name in ranges:
+        if act_bits and name in ranges and name not in keep_inputs:
             scale = max(ranges[name], 1e-12) / (2 ** (act_bits - 1) - 1)
             m.register_forward_pre_hook(lambda _, args, s=scale: (fake_quant(args[0], s, act_bits), *args[1:]))
     return q
+
+
+def average_bits(model, bits):
+    """The parameter-weighted average bit width of an allocation name -> bits."""
+    sizes = {name: m.weight.numel() for name, m in quant_layers(model).items()}
+    return sum(bits[n] * k for n, k in sizes.items()) / sum(sizes.values())
 
 
 def sqnr(y, y_q):
@@ -83,8 +94,9 @@ def layer_sensitivity(model, bits, output):
 
 
 def allocate_bits(model, sensitivity, low, high, budget):
-    """name -> bits: every layer at `low`, then the least robust (lowest SQNR) raised to `high` while the
-    parameter-weighted average bit width stays within `budget`."""
+    """name -> bits: every layer at `low`; then, in order of rising SQNR (the least robust first), each layer raised to
+    `high` if the parameter-weighted average bit width stays within `budget` (one that does not fit is skipped and
+    the next tried)."""
     sizes = {name: m.weight.numel() for name, m in quant_layers(model).items()}
     total, spent = sum(sizes.values()), low * sum(sizes.values())
     bits = dict.fromkeys(sizes, low)

@@ -1,10 +1,11 @@
 """rectflow/quantize.py against its formulas written out."""
 import math
 
+import pytest
 import torch
 from torch import nn
 
-from rectflow.quantize import (allocate_bits, fake_quant, layer_sensitivity, quant_layers, quantize, sqnr,
+from rectflow.quantize import (allocate_bits, average_bits, fake_quant, layer_sensitivity, quant_layers, quantize, sqnr,
                                weight_scale)
 
 
@@ -41,14 +42,18 @@ def test_quantize_puts_weights_on_their_grid_and_leaves_the_model_alone():
 
 
 def test_activations_are_quantised_per_tensor_at_the_calibrated_scale():
-    lin = nn.Linear(2, 2, bias=False)
+    lin = nn.Linear(2, 2)
     with torch.no_grad():
-        lin.weight.copy_(torch.eye(2))                                    # on the 8-bit grid exactly
+        lin.weight.copy_(torch.diag(torch.tensor([2.0, 0.5])))            # on the 8-bit grid exactly
+        lin.bias.copy_(torch.tensor([0.1, -0.3]))
     calibration = torch.tensor([[2.0, -1.0], [0.5, 0.25]])                # largest |input|: 2
     q = quantize(lin, 8, calibrate=lambda m: m(calibration), act_bits=4)
     x = torch.tensor([[0.3, -0.9], [1.9, 3.0]])
-    assert torch.allclose(q(x), fake_quant(x, 2.0 / 7, 4))               # s = 2 / (2^3 - 1), clipped beyond 2
-    assert torch.equal(lin(x), x)                                         # the float layer has no hook
+    assert torch.allclose(q(x), lin(fake_quant(x, 2.0 / 7, 4)))          # the input, s = 2 / (2^3 - 1), clipped at 2
+    assert torch.allclose(lin(x), x @ lin.weight.T + lin.bias)            # the float layer has no hook
+    assert torch.equal(quantize(lin, 8, lambda m: m(calibration), act_bits=4, keep_inputs=("",))(x), lin(x))
+    with pytest.raises(ValueError, match="calibrat"):
+        quantize(lin, 8, act_bits=4)
 
 
 def test_sqnr_and_sensitivity():
@@ -69,7 +74,7 @@ def test_allocate_bits_raises_the_least_robust_layers_within_the_budget():
     # all at 4 bits: 4440 bit-params of 1110. Raising "2" costs 4000 (7.6 bits on average: over 4.5), "1" 40, "0" 400.
     bits = allocate_bits(model, sens, 4, 8, 4.5)
     assert bits == {"0": 8, "1": 8, "2": 4}
-    assert sum(b * n for b, n in zip(bits.values(), sizes)) / sum(sizes) <= 4.5
+    assert average_bits(model, bits) == pytest.approx((8 * 110 + 4 * 1000) / 1110)
     assert allocate_bits(model, sens, 4, 8, 8) == dict.fromkeys("012", 8)
     # the least robust first: "0" (4.36 bits on average) fits a 4.37 budget, and then "1" (4.40) no longer does
     assert allocate_bits(model, {"0": 1.0, "1": 5.0, "2": 10.0}, 4, 8, 4.37) == {"0": 8, "1": 4, "2": 4}
