@@ -1,5 +1,6 @@
 """MeanFlow's adaptive loss weighting on the toy: the compare's MeanFlow (its searched lr and share of r = t) with the
-plain squared loss (p = 0, what the compare runs) and with the paper's weighting (p = 1, c = 0.01).
+plain squared loss (p = 0, what the compare runs) and with the adaptive weighting of the official code (p = 1,
+c = 0.01). The learning rate is the one searched for p = 0.
 
     python bench/meanflow_weighting.py [--seeds 0,1,2]             about 5 minutes a seed on 2 CPU cores
 
@@ -16,7 +17,7 @@ from bench.compare_seeds import mean_std  # noqa: E402
 from toy.cli import seed_list  # noqa: E402
 from toy.compare import TUNED, CompareConfig, run_compare  # noqa: E402
 
-ARMS = {"p = 0 (the compare's)": 0.0, "p = 1 (MeanFlow's)": 1.0}
+ARMS = {"p = 0 (the compare's)": 0.0, "p = 1 (the official code's)": 1.0}
 STEPS = ("1", "2", "4", "8")
 
 
