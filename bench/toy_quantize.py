@@ -2,7 +2,7 @@
 float32, W8, W4 (weights only), W8A8, W4A8, W4A4, and a MixDQ-style allocation of 4 and 8 bits within 6 bits on
 average (A8; the table names the average reached).
 
-    python bench/toy_quantize.py [--seed 0]                         about 5 minutes on 2 CPU cores
+    python bench/toy_quantize.py [--seed 0]                         about 2 minutes on 2 CPU cores
 
 Trains what `python -m toy` trains (same seed and budget). Calibration (the activation ranges and MixDQ's per-layer
 SQNR) runs each model on 32 noises of the validation split, N Euler steps at the largest N scored (its own samples at
