@@ -109,6 +109,15 @@ SOLUTIONS = {
         ("def my_lost_share(x):\n    # your code here\n    return None",
          "def my_lost_share(x):\n    return (torch.cdist(x.double(), modes.double()).argmin(1) == 2).double().mean().item()"),
     ],
+    "12_solvers_and_small_models.ipynb": [
+        ("def my_ddim_step(x, v, t, s):\n    # your code here\n    return None",
+         "def my_ddim_step(x, v, t, s):\n    x1_hat, eps_hat = x + (1 - t) * v, x - t * v\n    return s * x1_hat + (1 - s) * eps_hat"),
+        ("def my_shifted_grid(n, shift):\n    # your code here\n    return None",
+         "def my_shifted_grid(n, shift):\n    sig = [1 - i / n for i in range(n + 1)]\n"
+         "    return [1 - shift * x / (1 + (shift - 1) * x) for x in sig]"),
+        ("def my_annealed_noise(z0, beta, xi):\n    # your code here\n    return None",
+         "def my_annealed_noise(z0, beta, xi):\n    return (1 - beta ** 2) ** 0.5 * z0 + beta * xi"),
+    ],
 }
 
 
@@ -196,6 +205,15 @@ WRONG = {
          "def my_dmd_direction(x_g, x_real, x_fake):\n    return -(x_fake - x_real) / (x_g - x_real).abs().mean()"),
         ("def my_lost_share(x):\n    # your code here\n    return None",
          "def my_lost_share(x):\n    return ((x - modes[2]).norm(dim=1) < 1).double().mean().item()"),
+    ],
+    "12_solvers_and_small_models.ipynb": [   # alpha and sigma swapped; the shift applied to t; a linear mix
+        ("def my_ddim_step(x, v, t, s):\n    # your code here\n    return None",
+         "def my_ddim_step(x, v, t, s):\n    x1_hat, eps_hat = x + (1 - t) * v, x - t * v\n    return (1 - s) * x1_hat + s * eps_hat"),
+        ("def my_shifted_grid(n, shift):\n    # your code here\n    return None",
+         "def my_shifted_grid(n, shift):\n    u = [i / n for i in range(n + 1)]\n"
+         "    return [shift * x / (1 + (shift - 1) * x) for x in u]"),
+        ("def my_annealed_noise(z0, beta, xi):\n    # your code here\n    return None",
+         "def my_annealed_noise(z0, beta, xi):\n    return (1 - beta) * z0 + beta * xi"),
     ],
 }
 
