@@ -111,7 +111,8 @@ SOLUTIONS = {
     ],
     "12_solvers_and_small_models.ipynb": [
         ("def my_ddim_step(x, v, t, s):\n    # your code here\n    return None",
-         "def my_ddim_step(x, v, t, s):\n    x1_hat, eps_hat = x + (1 - t) * v, x - t * v\n    return s * x1_hat + (1 - s) * eps_hat"),
+         "def my_ddim_step(x, v, t, s):\n    x1_hat, eps_hat = x + (1 - t) * v, x - t * v\n"
+         "    return s * x1_hat + (1 - s) * eps_hat"),
         ("def my_shifted_grid(n, shift):\n    # your code here\n    return None",
          "def my_shifted_grid(n, shift):\n    sig = [1 - i / n for i in range(n + 1)]\n"
          "    return [1 - shift * x / (1 + (shift - 1) * x) for x in sig]"),
@@ -208,7 +209,8 @@ WRONG = {
     ],
     "12_solvers_and_small_models.ipynb": [   # alpha and sigma swapped; the shift applied to t; a linear mix
         ("def my_ddim_step(x, v, t, s):\n    # your code here\n    return None",
-         "def my_ddim_step(x, v, t, s):\n    x1_hat, eps_hat = x + (1 - t) * v, x - t * v\n    return (1 - s) * x1_hat + s * eps_hat"),
+         "def my_ddim_step(x, v, t, s):\n    x1_hat, eps_hat = x + (1 - t) * v, x - t * v\n"
+         "    return (1 - s) * x1_hat + s * eps_hat"),
         ("def my_shifted_grid(n, shift):\n    # your code here\n    return None",
          "def my_shifted_grid(n, shift):\n    u = [i / n for i in range(n + 1)]\n"
          "    return [shift * x / (1 + (shift - 1) * x) for x in u]"),

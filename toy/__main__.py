@@ -228,8 +228,8 @@ def format_slim_table(m):
     for w, e in m["widths"].items():
         cells = [cell(e[method][stage]) for method in ("plain", "slimflow") for stage in ("2-rf", "student")]
         lines.append(f"{w:>6}{e['params']:>9}" + "".join(f"{c:>18}" for c in cells))
-    lines.append(f"the 1-RF teacher (width {m['teacher_width']}) at one step: {cell(m['teacher'])}; W2 between two target sets "
-                 f"(floor of the estimate): {m['w2_floor']:.3f}")
+    lines.append(f"the 1-RF teacher (width {m['teacher_width']}) at one step: {cell(m['teacher'])}; "
+                 f"W2 between two target sets (floor of the estimate): {m['w2_floor']:.3f}")
     return "\n".join(lines)
 
 
