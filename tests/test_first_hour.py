@@ -176,7 +176,8 @@ def parsers():
     from sd.tiny import build_parser as tiny_parser
     from toy.__main__ import build_parser as toy
     out = {"sd.generate": generate(), "sd.evaluate": evaluate(), "sd.evaluate stats": stats_parser(), "sd.invert": invert(), "sd.mini": mini(), "sd.tiny": tiny_parser(),
-           "toy": toy(), "toy compare": toy("compare"), "toy solvers": toy("solvers")}
+           "toy": toy(), "toy compare": toy("compare"), "toy solvers": toy("solvers"),
+           "toy slim": toy("slim")}
     sub = next(a for a in reflow()._actions if isinstance(a, argparse._SubParsersAction))
     out.update({f"sd.reflow {name}": p for name, p in sub.choices.items()})
     return out
