@@ -17,10 +17,13 @@ is also pulled toward the small 2-RF teacher's one-step completion from a point 
 weighted 1 : 1 (SlimFlow uses LPIPS on images; the squared distance here). SlimFlow's horizontal flip of image pairs
 has no meaning in 2D and is left out.
 """
+import itertools
+
 import torch
 
+from .couplings import pairs_coupling
 from .flow import append_dims, data_end, mse, rf_loss
-from .train import fit
+from .train import fit_coupling
 
 ANNEALED_SHARE = 3 / 8        # the share of the steps over which beta goes from 1 to 0 (SlimFlow: 300k of ~800k)
 
@@ -38,14 +41,11 @@ def annealed_noise(z0, beta, generator=None):
 
 def train_annealed_reflow(model, z0, z1, iters, batch_size=1024, seed=0, desc="annealing reflow", **fit_kwargs):
     """Eq. (1) on the pairs (Z_0, Z_1) with the noise side annealed (the module docstring). Returns the losses."""
-    gen, warmup = torch.Generator().manual_seed(seed), max(1, round(ANNEALED_SHARE * iters))
-    device = next(model.parameters()).device
+    warmup, step = max(1, round(ANNEALED_SHARE * iters)), itertools.count()   # fit_coupling: one loss call a step
 
-    def loss_on_batch(model, i):
-        idx = torch.randint(0, len(z0), (batch_size,), generator=gen)
-        x0 = annealed_noise(z0[idx], annealing_beta(i, warmup), gen)
-        return rf_loss(model, x0.to(device), z1[idx].to(device), generator=gen)
-    return fit(model, loss_on_batch, iters, desc=desc, **fit_kwargs)
+    def loss(m, x0, x1, cond, gen):
+        return rf_loss(m, annealed_noise(x0, annealing_beta(next(step), warmup), gen), x1, generator=gen)
+    return fit_coupling(model, pairs_coupling(z0, z1), loss, iters, batch_size, seed, desc=desc, **fit_kwargs)
 
 
 def flow_guided_loss(student, teacher, z0, z1, z, generator=None, loss_fn=mse):
@@ -62,11 +62,7 @@ def flow_guided_loss(student, teacher, z0, z1, z, generator=None, loss_fn=mse):
 def train_flow_guided(student, teacher, z0, z1, iters, batch_size=1024, seed=0, desc="flow-guided distillation",
                       **fit_kwargs):
     """Flow-guided distillation of `teacher` (the annealed flow) into `student`, on the pairs (z0, z1)."""
-    gen = torch.Generator().manual_seed(seed)
-    device = next(student.parameters()).device
-
-    def loss_on_batch(model, i):
-        idx = torch.randint(0, len(z0), (batch_size,), generator=gen)
-        z = torch.randn(z0[idx].shape, generator=gen).to(device)
-        return flow_guided_loss(model, teacher, z0[idx].to(device), z1[idx].to(device), z, gen)
-    return fit(student, loss_on_batch, iters, desc=desc, **fit_kwargs)
+    def loss(m, x0, x1, cond, gen):
+        z = torch.randn(x0.shape, generator=gen).to(x0)                    # the student's own fresh noise
+        return flow_guided_loss(m, teacher, x0, x1, z, gen)
+    return fit_coupling(student, pairs_coupling(z0, z1), loss, iters, batch_size, seed, desc=desc, **fit_kwargs)

@@ -49,6 +49,19 @@ def test_flow_guided_loss_is_its_formula():
     assert all(torch.allclose(g, p.grad) for g, p in zip(grads, student.parameters()))
 
 
+def test_flow_guided_training_draws_its_own_noise(monkeypatch):
+    """Each step's second term starts from fresh noise, not from the pairs' noise."""
+    seen, loss = [], sf.flow_guided_loss
+    monkeypatch.setattr(sf, "flow_guided_loss",
+                        lambda s, t, z0, z1, z, gen: seen.append((z0, z)) or loss(s, t, z0, z1, z, gen))
+    z = torch.randn(64, 2)
+    teacher = VelocityMLP(hidden=8, depth=1)
+    sf.train_flow_guided(VelocityMLP(hidden=8, depth=1), teacher, z, z + 1, 4, batch_size=8, progress=False)
+    assert len(seen) == 4
+    for z0, fresh in seen:
+        assert fresh.shape == z0.shape and not (fresh[:, None] == z[None]).all(-1).any()
+
+
 def test_toy_slim_command(tmp_path, monkeypatch, capsys):
     import toy.__main__ as cli
     tiny = dict(iters=30, distill_iters=30, n_pairs=256, n_samples=64, n_eval=64, batch_size=128, progress=False)
