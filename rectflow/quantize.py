@@ -74,9 +74,14 @@ def quantize(model, bits, calibrate=None, act_bits=None, keep_inputs=()):
     return q
 
 
+def weight_counts(model):
+    """name -> the number of weights of each layer (what a bit width is averaged over)."""
+    return {name: m.weight.numel() for name, m in quant_layers(model).items()}
+
+
 def average_bits(model, bits):
     """The parameter-weighted average bit width of an allocation name -> bits."""
-    sizes = {name: m.weight.numel() for name, m in quant_layers(model).items()}
+    sizes = weight_counts(model)
     return sum(bits[n] * k for n, k in sizes.items()) / sum(sizes.values())
 
 
@@ -97,7 +102,7 @@ def allocate_bits(model, sensitivity, low, high, budget):
     """name -> bits: every layer at `low`; then, in order of rising SQNR (the least robust first), each layer raised to
     `high` if the parameter-weighted average bit width stays within `budget` (one that does not fit is skipped and
     the next tried)."""
-    sizes = {name: m.weight.numel() for name, m in quant_layers(model).items()}
+    sizes = weight_counts(model)
     total, spent = sum(sizes.values()), low * sum(sizes.values())
     bits = dict.fromkeys(sizes, low)
     for name in sorted(sensitivity, key=sensitivity.get):
